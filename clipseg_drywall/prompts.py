@@ -1,0 +1,70 @@
+"""The prompt vocabulary: the one place that says which words ask for which task.
+
+Training draws synonyms from here, evaluation uses the canonical prompts, inference accepts
+any text but maps known prompts back to their task. The 16 prompts are those of the original
+drywall-QA study.
+"""
+
+from __future__ import annotations
+
+import random
+
+TASKS: tuple[str, ...] = ("crack", "taping")
+
+PROMPTS: dict[str, tuple[str, ...]] = {
+    "crack": (
+        "segment crack",
+        "surface crack",
+        "crack",
+        "concrete crack",
+        "structural crack",
+        "segment wall crack",
+        "wall crack",
+    ),
+    "taping": (
+        "wall joint",
+        "taping area",
+        "joint tape",
+        "wall joint line",
+        "drywall joint",
+        "segment joint/tape",
+        "segment taping area",
+        "segment drywall seam",
+        "drywall seam",
+    ),
+}
+
+CANONICAL_PROMPTS: dict[str, str] = {"crack": "segment crack", "taping": "segment taping area"}
+
+_TASK_OF_PROMPT: dict[str, str] = {p: task for task, prompts in PROMPTS.items() for p in prompts}
+
+
+def all_prompts() -> list[str]:
+    """Every prompt in the vocabulary, in a fixed order (tasks in `TASKS` order)."""
+    return [p for task in TASKS for p in PROMPTS[task]]
+
+
+def check_task(task: str) -> str:
+    if task not in PROMPTS:
+        raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
+    return task
+
+
+def task_of_prompt(prompt: str) -> str | None:
+    """The task a vocabulary prompt belongs to (case and spacing ignored), or None for free text."""
+    return _TASK_OF_PROMPT.get(" ".join(prompt.lower().split()))
+
+
+def other_task(task: str) -> str:
+    """The task a negative pair borrows its prompt from."""
+    check_task(task)
+    return next(t for t in TASKS if t != task)
+
+
+def sample_prompt(task: str, rng: random.Random) -> str:
+    """A synonym of `task` drawn with the caller's seeded RNG."""
+    return rng.choice(PROMPTS[check_task(task)])
+
+
+def canonical_prompt(task: str) -> str:
+    return CANONICAL_PROMPTS[check_task(task)]

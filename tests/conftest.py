@@ -1,0 +1,82 @@
+"""Shared fixtures: where the real data lives, tiny random CLIPSeg models, small real datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data"
+DATA_VOC = SHARED / "data-voc"
+CRACKS = DATA / "cracks"
+JOINTS = DATA / "drywall-join-detect"
+CLIPSEG_FILES = SHARED / "clipseg-rd64-refined"
+
+requires_shared = pytest.mark.skipif(
+    not (DATA.is_dir() and CLIPSEG_FILES.is_dir()),
+    reason=f"real data and CLIPSeg processor files not found in {SHARED} (the repo's ../shared)",
+)
+
+
+def tiny_config_dict() -> dict:
+    """A CLIPSeg config small enough for CPU tests, with the real tokenizer's vocabulary size."""
+    return {
+        "model_type": "clipseg",
+        "architectures": ["CLIPSegForImageSegmentation"],
+        "projection_dim": 32,
+        "reduce_dim": 16,
+        "extract_layers": [0, 1, 2],
+        "conditional_layer": 0,
+        "decoder_num_attention_heads": 2,
+        "decoder_intermediate_size": 32,
+        "use_complex_transposed_convolution": True,
+        "text_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "vocab_size": 49408,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 16,
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_config_dir(tmp_path_factory) -> Path:
+    """A directory holding only a tiny `config.json` (for `--config_name`)."""
+    import json
+
+    path = tmp_path_factory.mktemp("tiny-config")
+    (path / "config.json").write_text(json.dumps(tiny_config_dict(), indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny random `CLIPSegForImageSegmentation` + the real CIDAS processor files."""
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegProcessor
+
+    from clipseg_drywall.modeling import model_from_config
+
+    if not CLIPSEG_FILES.is_dir():
+        pytest.skip(f"CLIPSeg processor files not found in {CLIPSEG_FILES}")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-model")
+    model = model_from_config(CLIPSegConfig(**tiny_config_dict()))
+    model.save_pretrained(path)
+    CLIPSegProcessor.from_pretrained(CLIPSEG_FILES).save_pretrained(path)
+    return path

@@ -1,0 +1,80 @@
+"""`python -m data_builders build|push`: build the drywall-QA dataset from Roboflow exports, or publish it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .drywall_qa import build
+from .exports import ExportError
+from .hub import load_saved, push_to_hub, save_dataset, write_parquet
+from .stats import compute_statistics, format_statistics
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_builders", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    b = commands.add_parser("build", help="read Roboflow exports and save the dataset with save_to_disk")
+    b.add_argument("--cracks", action="append", default=[], metavar="PATH", help="a crack export (repeatable)")
+    b.add_argument("--joints", action="append", default=[], metavar="PATH", help="a drywall-joint export (repeatable)")
+    b.add_argument("--output", required=True, type=Path, help="where to save the DatasetDict (+ stats.json)")
+    b.add_argument("--seed", type=int, default=0, help="seed for train prompts and --split-by-source")
+    b.add_argument("--split-by-source", action="store_true", help="re-split train+valid so no source photo is on both sides")
+    b.add_argument("--validation-ratio", type=float, default=0.15, help="validation share with --split-by-source")
+    b.add_argument("--hash-distance", type=int, default=4, help="max perceptual-hash bit distance counted as a copy")
+    b.add_argument("--parquet-dir", type=Path, help="also write the Hub layout (Parquet + README.md card) here")
+    b.add_argument("--push-to-hub", metavar="REPO_ID", help="also publish as Parquet with a dataset card")
+
+    p = commands.add_parser("push", help="publish a dataset saved by `build`")
+    p.add_argument("dataset", type=Path, help="the --output folder of a build")
+    p.add_argument("repo_id")
+    p.add_argument("--private", action="store_true")
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    if not (args.cracks or args.joints):
+        print("error: give at least one --cracks PATH or --joints PATH", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        dataset, report = build(
+            args.cracks,
+            args.joints,
+            seed=args.seed,
+            split_by_source=args.split_by_source,
+            validation_ratio=args.validation_ratio,
+            hash_distance=args.hash_distance,
+        )
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    stats = compute_statistics(report)
+    stats["build_seconds"] = round(time.perf_counter() - started, 1)
+    save_dataset(dataset, stats, args.output)
+    print(format_statistics(stats))
+    print(f"saved {args.output} ({stats['build_seconds']} s); statistics in {args.output / 'stats.json'}")
+    if args.parquet_dir:
+        for path in write_parquet(dataset, stats, args.parquet_dir):
+            print(f"wrote {path}")
+    if args.push_to_hub:
+        push_to_hub(dataset, stats, args.push_to_hub)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "build":
+        return _build(args)
+    dataset, stats = load_saved(args.dataset)
+    push_to_hub(dataset, stats, args.repo_id, private=args.private)
+    print(json.dumps({"pushed": args.repo_id, "rows": stats["rows"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -122,9 +122,11 @@ class DrywallQA(datasets.GeneratorBasedBuilder):
     def _resplit(self, members: list[Annotation], sources: list[str], hashes: list) -> None:
         pool = [i for i, a in enumerate(members) if a.split in ("train", "validation")]
         test = [i for i, a in enumerate(members) if a.split == "test"]
-        links = leakage.near_duplicate_pairs([hashes[i] for i in pool], [hashes[i] for i in pool], 0)
+        pool_hashes = [hashes[i] for i in pool]
+        links = leakage.near_duplicate_pairs(pool_hashes, pool_hashes, self.config.hash_distance)
         links = [(pool[a], pool[b]) for a, b in links if a != b]
-        links += leakage.near_duplicate_pairs([hashes[i] for i in pool], [hashes[i] for i in test], self.config.hash_distance)
+        test_links = leakage.near_duplicate_pairs(pool_hashes, [hashes[i] for i in test], self.config.hash_distance)
+        links += [(pool[a], test[b]) for a, b in test_links]
         groups = leakage.group_ids(sources, links)
         test_groups = {groups[i] for i in test}
         pool_groups = sorted({groups[i] for i in pool} - test_groups)

@@ -4,9 +4,10 @@ Mask rules (Pillow `ImageDraw` semantics, mode "L", 0 background, 255 foreground
 - the mask is the union of all objects of the image; an image without objects gives an empty mask;
 - polygons are filled with `ImageDraw.polygon(points, fill=255, outline=255)`, vertices clipped to
   [0, width] x [0, height];
-- boxes (x0, y0, x1, y1) are continuous pixel-edge coordinates: they cover the pixels
-  floor(x0) .. ceil(x1) - 1 (at least one pixel, so a 0.5-px box still marks its pixel), clipped to
-  the image, drawn with `ImageDraw.rectangle` (whose end points are inclusive);
+- boxes (x0, y0, x1, y1) are drawn with `ImageDraw.rectangle([x0, y0, x1, y1], fill=255)` after
+  clipping to [0, width] x [0, height]: Pillow's end points are inclusive, so a COCO box
+  [x, y, w, h] covers w + 1 columns and a degenerate 0- to 2-px box still marks its pixels. This
+  is what every Pillow-based Roboflow converter draws, so masks agree with theirs;
 - YOLO coordinates (fractions) are multiplied by the stored image's width and height first.
 
 Orientation: Roboflow annotates the pixels as stored in the file, so masks are drawn on the stored
@@ -19,7 +20,6 @@ is rotated (`ImageOps.exif_transpose`) before drawing.
 from __future__ import annotations
 
 import io
-import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
@@ -80,16 +80,6 @@ def _clip(value: float, high: int) -> float:
     return min(max(value, 0.0), float(high))
 
 
-def _box_pixels(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int] | None:
-    x0, y0, x1, y1 = box
-    first_x, first_y = max(math.floor(x0), 0), max(math.floor(y0), 0)
-    last_x = min(max(math.ceil(x1) - 1, math.floor(x0)), width - 1)
-    last_y = min(max(math.ceil(y1) - 1, math.floor(y0)), height - 1)
-    if first_x > last_x or first_y > last_y:
-        return None  # entirely outside the image
-    return first_x, first_y, last_x, last_y
-
-
 def draw_mask(shapes: list[Shape], size: tuple[int, int], normalized: bool = False) -> Image.Image:
     """The union of `shapes` as a mode-L mask of `size` (width, height), values {0, 255}."""
     width, height = size
@@ -102,9 +92,10 @@ def draw_mask(shapes: list[Shape], size: tuple[int, int], normalized: bool = Fal
             draw.polygon(points, fill=255, outline=255)
         elif shape.box is not None:
             x0, y0, x1, y1 = shape.box
-            pixels = _box_pixels((x0 * sx, y0 * sy, x1 * sx, y1 * sy), width, height)
-            if pixels is not None:
-                draw.rectangle(pixels, fill=255)
+            draw.rectangle(
+                [_clip(x0 * sx, width), _clip(y0 * sy, height), _clip(x1 * sx, width), _clip(y1 * sy, height)],
+                fill=255,
+            )
     return mask
 
 

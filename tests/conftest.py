@@ -80,3 +80,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     CLIPSegProcessor.from_pretrained(CLIPSEG_FILES).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_build():
+    """The dataset built from the real exports in ../shared/data, with its build report (~20 s)."""
+    if not DATA.is_dir():
+        pytest.skip(f"real data not found in {DATA}")
+    from data_builders.drywall_qa import build
+
+    return build(cracks=[CRACKS], joints=[JOINTS])
+
+
+@pytest.fixture(scope="session")
+def shared_dataset(shared_build):
+    """The DatasetDict built from ../shared/data (train 2492, validation 403, test 4 rows)."""
+    return shared_build[0]

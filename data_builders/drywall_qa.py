@@ -170,7 +170,7 @@ class DrywallQA(datasets.GeneratorBasedBuilder):
             self.report.invalid_objects.append(Skip(annotation.image_path, problem))
         if annotation.invalid_objects and not annotation.shapes:
             self.report.skipped.append(
-                Skip(annotation.image_path, f"all {len(annotation.invalid_objects)} objects are invalid")
+                Skip(annotation.image_path, "no valid object: " + "; ".join(annotation.invalid_objects))
             )
             return None
         try:

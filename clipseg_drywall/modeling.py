@@ -9,9 +9,12 @@ They work on the stock class, so every checkpoint stays a plain `CLIPSegForImage
 
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+from transformers.models.clipseg.modeling_clipseg import CLIPSegImageSegmentationOutput
 
 
 def vision_activations(
@@ -83,3 +86,98 @@ def reset_decoder_init(model: CLIPSegForImageSegmentation) -> CLIPSegForImageSeg
 def model_from_config(config: CLIPSegConfig) -> CLIPSegForImageSegmentation:
     """A randomly initialised model that can actually learn (see `reset_decoder_init`)."""
     return reset_decoder_init(CLIPSegForImageSegmentation(config))
+
+
+# ---- training: which parameters learn, and a forward that DDP can wrap ----
+
+ENCODER_PREFIX = "clip."
+DECODER_PREFIX = "decoder."
+
+
+def unused_parameter_names(model: CLIPSegForImageSegmentation) -> list[str]:
+    """CLIP parameters the decoder never reaches: vision layers past the deepest extracted one,
+    the vision head (post-norm, projection) and the contrastive `logit_scale`.
+
+    They must not require gradients, or DDP waits forever for their (never produced) gradients.
+    """
+    deepest = max(model.config.extract_layers)
+    unused = ("clip.vision_model.post_layernorm.", "clip.visual_projection.", "clip.logit_scale")
+    names = []
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        past_deepest = name.startswith("clip.vision_model.encoder.layers.") and int(parts[4]) > deepest
+        if past_deepest or name.startswith(unused):
+            names.append(name)
+    return names
+
+
+def set_encoder_trainable(model: CLIPSegForImageSegmentation, trainable: bool) -> CLIPSegForImageSegmentation:
+    """`requires_grad` for the CLIP encoders (off for the parts the decoder never uses); the decoder always trains."""
+    unused = set(unused_parameter_names(model))
+    for name, parameter in model.named_parameters():
+        if name.startswith(ENCODER_PREFIX):
+            parameter.requires_grad_(trainable and name not in unused)
+        else:
+            parameter.requires_grad_(True)
+    return model
+
+
+def encoder_is_trainable(model: CLIPSegForImageSegmentation) -> bool:
+    return any(p.requires_grad for n, p in model.named_parameters() if n.startswith(ENCODER_PREFIX))
+
+
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def make_transposed_convolution_contiguous(model: CLIPSegForImageSegmentation) -> None:
+    """The decoder feeds its head a transposed view; MPS's ConvTranspose2d backward needs contiguous
+    inputs (wrong gradients or an error otherwise). A pre-hook fixes it once, for every device."""
+    head = model.decoder.transposed_convolution
+    if not getattr(head, "_contiguous_hook", False):
+        head.register_forward_pre_hook(_contiguous_input)
+        head._contiguous_hook = True
+
+
+def _gradient_forward(
+    self: CLIPSegForImageSegmentation,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> CLIPSegImageSegmentationOutput:
+    logits = segmentation_logits(self, pixel_values, input_ids, attention_mask, train_encoder=encoder_is_trainable(self))
+    return CLIPSegImageSegmentationOutput(logits=logits)
+
+
+def use_gradient_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImageSegmentation:
+    """Make this instance's `forward` the gradient path (`segmentation_logits`).
+
+    Wrappers such as DDP only synchronise gradients of a forward they call themselves, so the
+    gradient path has to be `model.forward`. Only the instance changes: the class, and therefore
+    every saved checkpoint, stays a plain `CLIPSegForImageSegmentation`. Encoder gradients
+    follow `requires_grad` (see `set_encoder_trainable`).
+    """
+    make_transposed_convolution_contiguous(model)
+    model.forward = types.MethodType(_gradient_forward, model)
+    return model
+
+
+# ---- native resolution: the one place logits become masks ----
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of decoder logits (B, h, w) to `size` = (height, width)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return nn.functional.interpolate(logits.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+
+
+def masks_at_native_size(
+    logits: torch.Tensor, sizes: list[tuple[int, int]], threshold: float = 0.5
+) -> list[torch.Tensor]:
+    """Boolean masks, one per image at its own (height, width): sigmoid(upsampled logit) > threshold.
+
+    Logits are upsampled before the sigmoid and the threshold, as the loss sees them.
+    """
+    return [upsample_logits(row[None], size)[0].sigmoid() > threshold for row, size in zip(logits, sizes)]

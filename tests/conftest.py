@@ -96,3 +96,36 @@ def shared_build():
 def shared_dataset(shared_build):
     """The DatasetDict built from ../shared/data (train 2492, validation 403, test 4 rows)."""
     return shared_build[0]
+
+
+def _pick(dataset, per_task: int) -> list[int]:
+    """The first `per_task` row indices of each task (a deterministic, task-balanced subset)."""
+    tasks = dataset["task"]
+    picked = []
+    for task in ("crack", "taping"):
+        picked += [i for i, t in enumerate(tasks) if t == task][:per_task]
+    return picked
+
+
+@pytest.fixture(scope="session")
+def tiny_drywall_dir(shared_dataset, tmp_path_factory) -> Path:
+    """A `save_to_disk` DatasetDict of real rows: train 8 (4 per task), validation 4 (2 per task)."""
+    import datasets
+
+    path = tmp_path_factory.mktemp("tiny-drywall")
+    train, validation = shared_dataset["train"], shared_dataset["validation"]
+    datasets.DatasetDict(
+        train=train.select(_pick(train, 4)), validation=validation.select(_pick(validation, 2))
+    ).save_to_disk(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def learning_drywall_dir(shared_dataset, tmp_path_factory) -> Path:
+    """16 real training rows (8 per task) as a DatasetDict with a single `train` split."""
+    import datasets
+
+    path = tmp_path_factory.mktemp("learning-drywall")
+    train = shared_dataset["train"]
+    datasets.DatasetDict(train=train.select(_pick(train, 8))).save_to_disk(path)
+    return path

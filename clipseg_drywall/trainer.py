@@ -1,0 +1,166 @@
+"""`CLIPSegTrainer`: the Hugging Face Trainer with real encoder fine-tuning and segmentation eval.
+
+- The model's `forward` becomes the gradient path of `modeling.py` (the stock one runs the CLIP
+  encoders under `no_grad`), so DDP wraps and synchronises it like any forward.
+- AdamW groups: decoder at `decoder_learning_rate`, CLIP encoders at `encoder_learning_rate`,
+  `weight_decay` except on norms and biases (the Trainer's own `get_decay_parameter_names`).
+  `freeze_encoder` (or an encoder rate of 0) turns encoder gradients off entirely.
+- `compute_loss`: `losses.segmentation_loss`, normalised by the Trainer's `num_items_in_batch`.
+- Evaluation: per-task IoU / Dice at native resolution under the canonical prompts, gathered
+  across processes; `mean_iou` (over tasks) is the default `metric_for_best_model`.
+- The training sampler is `sampling.DrawSampler` (seeded, optionally task-balanced).
+- At the end the main process writes `training_curves.png` into `output_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import EvalLoopOutput
+
+from .collator import CLIPSegCollator
+from .evaluation import STATISTICS, image_statistics, native_probabilities, summarize
+from .losses import segmentation_loss
+from .modeling import DECODER_PREFIX, segmentation_logits, set_encoder_trainable, use_gradient_forward
+from .plotting import plot_training_curves
+from .sampling import DrawDataset, DrawSampler
+
+CURVES_FILE = "training_curves.png"
+
+
+@dataclass
+class CLIPSegTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the CLIPSeg knobs. `learning_rate` is unused: see the two rates below."""
+
+    encoder_learning_rate: float = field(default=1e-6, metadata={"help": "AdamW lr of the CLIP vision + text encoders."})
+    decoder_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW lr of the CLIPSeg decoder."})
+    freeze_encoder: bool = field(default=False, metadata={"help": "Train the decoder only; no encoder gradients at all."})
+    dice_weight: float = field(default=0.0, metadata={"help": "Weight of the soft Dice term added to the BCE."})
+    pos_weight: float | None = field(default=None, metadata={"help": "BCE weight of foreground pixels."})
+    balance_tasks: bool = field(default=False, metadata={"help": "Draw the tasks evenly instead of by frequency."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on norms and biases)."})
+    metric_for_best_model: str | None = field(default="mean_iou", metadata={"help": "Mean over tasks of eval IoU."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs raw rows."})
+
+
+class CurvesCallback(TrainerCallback):
+    """Writes `training_curves.png` from the log history when training ends (main process only)."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_training_curves(state.log_history, Path(args.output_dir) / CURVES_FILE)
+
+
+def _is_decoder(name: str) -> bool:
+    return name.removeprefix("module.").startswith(DECODER_PREFIX)
+
+
+class CLIPSegTrainer(Trainer):
+    # `compute_loss` divides by `num_items_in_batch` (labelled pixels of the whole optimizer step)
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model=None, args: CLIPSegTrainingArguments | None = None, train_dataset=None,
+                 eval_data_collator=None, **kwargs):
+        if not isinstance(args, CLIPSegTrainingArguments):
+            raise TypeError("CLIPSegTrainer needs CLIPSegTrainingArguments (encoder/decoder rates, loss weights), "
+                            f"got {type(args).__name__}")
+        set_encoder_trainable(model, not (args.freeze_encoder or args.encoder_learning_rate == 0))
+        use_gradient_forward(model)
+        if train_dataset is not None and not isinstance(train_dataset, DrawDataset):
+            train_dataset = DrawDataset(train_dataset)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        # the Trainer counts `labels != -100` for `num_items_in_batch` only when it believes the model takes it
+        self.model_accepts_loss_kwargs = True
+        if eval_data_collator is None and isinstance(self.data_collator, CLIPSegCollator):
+            eval_data_collator = dataclasses.replace(self.data_collator, train=False)
+        self.eval_data_collator = eval_data_collator or self.data_collator
+        self.add_callback(CurvesCallback())
+
+    # ---- data: raw rows in, our sampler, the eval collator for eval ----
+
+    def _remove_unused_columns(self, dataset, description=None):
+        return dataset  # the collator reads image/mask/prompt/task, none of which `forward` names
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        return data_collator
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return DrawSampler(dataset.tasks, seed=seed, balance_tasks=self.args.balance_tasks)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    # ---- optimisation ----
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Four AdamW groups: {decoder, encoder} x {decay, no decay on norms/biases}."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        rates = {"decoder": self.args.decoder_learning_rate, "encoder": self.args.encoder_learning_rate}
+        groups = []
+        for part, rate in rates.items():
+            for decays in (True, False):
+                params = [
+                    p for n, p in opt_model.named_parameters()
+                    if p.requires_grad and _is_decoder(n) == (part == "decoder") and (n in decay) == decays
+                ]
+                if params:
+                    name = part if decays else f"{part}_no_decay"
+                    groups.append({"params": params, "lr": rate, "name": name,
+                                   "weight_decay": self.args.weight_decay if decays else 0.0})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                        attention_mask=inputs["attention_mask"])
+        loss = segmentation_loss(outputs.logits, labels, num_items_in_batch,
+                                 dice_weight=self.args.dice_weight, pos_weight=self.args.pos_weight)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # `num_items_in_batch` counts every process's pixels and DDP averages gradients over processes
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- evaluation ----
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval") -> EvalLoopOutput:
+        """Per-image statistics at native resolution, gathered across processes, summarised per task."""
+        model = self.model
+        model.eval()
+        threshold = float(getattr(model.config, "segmentation_threshold", 0.5))
+        self.callback_handler.eval_dataloader = dataloader
+        rows = []
+        for inputs in dataloader:
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.accelerator.autocast():
+                logits = segmentation_logits(model, inputs["pixel_values"], inputs["input_ids"],
+                                             inputs["attention_mask"], train_encoder=False)
+                losses = [segmentation_loss(logits[i : i + 1], inputs["labels"][i : i + 1],
+                                            dice_weight=self.args.dice_weight, pos_weight=self.args.pos_weight)
+                          for i in range(len(logits))]
+            statistics = image_statistics(native_probabilities(logits, inputs["labels"]), inputs["labels"],
+                                          inputs["task_ids"], inputs["negative"], threshold)
+            losses = torch.stack(losses).detach().double().cpu()[:, None]
+            rows.append(self.accelerator.gather_for_metrics(torch.cat([statistics, losses], 1).to(self.args.device)))
+            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+        table = torch.cat(rows).cpu() if rows else torch.zeros(0, len(STATISTICS) + 1, dtype=torch.float64)
+        metrics = summarize(table[:, : len(STATISTICS)])
+        if len(table):
+            metrics["loss"] = float(table[:, -1].mean())
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(table))

@@ -1,0 +1,133 @@
+"""Loss normalisation, collator options and the training sampler (no training here)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipseg_drywall.collator import CLIPSegCollator, pad_masks
+from clipseg_drywall.losses import IGNORE_INDEX, label_sizes, segmentation_loss
+from clipseg_drywall.modeling import masks_at_native_size, upsample_logits
+from clipseg_drywall.prompts import PROMPTS, canonical_prompt
+from clipseg_drywall.sampling import DrawDataset, DrawSampler
+
+from .conftest import CLIPSEG_FILES
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from transformers import CLIPSegProcessor
+
+    if not CLIPSEG_FILES.is_dir():
+        pytest.skip(f"CLIPSeg processor files not found in {CLIPSEG_FILES}")
+    return CLIPSegProcessor.from_pretrained(CLIPSEG_FILES)
+
+
+def _row(task: str, size=(64, 48), seed=0) -> dict:
+    """A synthetic row: random image, mask with its left third foreground (so flips are visible)."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, : width // 3] = 255
+    return {"image": image, "mask": Image.fromarray(mask, "L"), "prompt": PROMPTS[task][2], "task": task}
+
+
+def test_loss_sums_exactly_over_micro_batches():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 22, 22)
+    labels = (torch.rand(4, 40, 40) > 0.8).float()
+    options = {"dice_weight": 0.7, "pos_weight": 3.0}
+    whole = segmentation_loss(logits, labels, **options)
+    pixels = labels.numel()
+    halves = sum(segmentation_loss(logits[i : i + 2], labels[i : i + 2], pixels, **options) for i in (0, 2))
+    assert torch.allclose(whole, halves, atol=1e-6)
+    assert torch.allclose(segmentation_loss(logits, labels, pixels, **options), whole)
+
+
+def test_loss_upsamples_to_each_native_size_and_ignores_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 22, 22)
+    small, large = torch.ones(30, 20), torch.zeros(40, 50)
+    labels = pad_masks([small.numpy(), large.numpy()])
+    assert label_sizes(labels) == [(30, 20), (40, 50)]
+    assert (labels[0, 30:] == IGNORE_INDEX).all()
+    expected = (
+        torch.nn.functional.binary_cross_entropy_with_logits(upsample_logits(logits[:1], (30, 20))[0], small, reduction="sum")
+        + torch.nn.functional.binary_cross_entropy_with_logits(upsample_logits(logits[1:], (40, 50))[0], large, reduction="sum")
+    ) / (30 * 20 + 40 * 50)
+    assert torch.allclose(segmentation_loss(logits, labels), expected, atol=1e-6)
+    masks = masks_at_native_size(logits, [(30, 20), (40, 50)])
+    assert [tuple(m.shape) for m in masks] == [(30, 20), (40, 50)] and masks[0].dtype == torch.bool
+
+
+def test_pos_weight_and_dice_raise_the_cost_of_missed_foreground():
+    logits = torch.full((1, 8, 8), -3.0)  # predicts background everywhere
+    labels = torch.zeros(1, 8, 8)
+    labels[0, :2] = 1
+    plain = segmentation_loss(logits, labels)
+    assert segmentation_loss(logits, labels, pos_weight=5.0) > plain
+    assert segmentation_loss(logits, labels, dice_weight=1.0) > plain + 0.8  # soft Dice loss of a miss is ~0.87
+
+
+def test_eval_batch_uses_canonical_prompts_and_native_masks(processor):
+    rows = [_row("crack", (64, 48)), _row("taping", (40, 30))]
+    batch = CLIPSegCollator(processor, train=False)(rows)
+    assert batch["pixel_values"].shape == (2, 3, 352, 352)
+    assert batch["labels"].shape == (2, 48, 64) and label_sizes(batch["labels"]) == [(48, 64), (30, 40)]
+    texts = processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert [t.strip() for t in texts] == [canonical_prompt("crack"), canonical_prompt("taping")]
+    assert batch["task_ids"].tolist() == [0, 1] and not batch["negative"].any()
+    negatives = CLIPSegCollator(processor, train=False, eval_negatives=True)(rows)
+    assert negatives["negative"].all() and (negatives["labels"][0] == 0).all()
+
+
+def test_augment_flips_mask_with_image(processor):
+    collator = CLIPSegCollator(processor, augment=True)
+    row = _row("crack")
+    image0, mask0 = np.asarray(row["image"]), np.asarray(row["mask"]) > 127
+    flips = {
+        "none": lambda a: a,
+        "lr": lambda a: a[:, ::-1],
+        "tb": lambda a: a[::-1],
+        "both": lambda a: a[::-1, ::-1],
+    }
+    seen = set()
+    for draw in range(16):
+        image, _, mask, _ = collator.example({**row, "draw": draw})
+        (name,) = [n for n, f in flips.items() if np.array_equal(np.asarray(image), f(image0))]
+        assert np.array_equal(mask.astype(bool), flips[name](mask0))
+        seen.add(name)
+    assert seen == set(flips)
+
+
+def test_negative_pairs_and_resampled_prompts(processor):
+    collator = CLIPSegCollator(processor, resample_prompts=True, negative_prompt_ratio=0.5)
+    row = _row("taping")
+    outcomes = [collator.example({**row, "draw": d}) for d in range(200)]
+    negatives = [o for o in outcomes if o[3]]
+    assert 60 < len(negatives) < 140
+    assert all(p in PROMPTS["crack"] and not m.any() for _, p, m, _ in negatives)
+    positives = [o for o in outcomes if not o[3]]
+    assert all(p in PROMPTS["taping"] and m.any() for _, p, m, _ in positives)
+    assert len({p for _, p, _, _ in positives}) > 3  # synonyms, not one fixed prompt
+    # the same draw gives the same example: what makes resumed and DDP runs reproducible
+    assert collator.example({**row, "draw": 7})[1] == collator.example({**row, "draw": 7})[1]
+
+
+def test_sampler_is_seeded_per_epoch_and_balances_tasks():
+    tasks = ["crack"] * 90 + ["taping"] * 10
+    sampler = DrawSampler(tasks, seed=3)
+    first = list(sampler)
+    assert sorted(i for i, _ in first) == list(range(100)) and first == list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    balanced = DrawSampler(tasks, seed=3, balance_tasks=True)
+    counts = Counter(tasks[i] for i, _ in balanced)
+    assert len(balanced) == 100 and 35 < counts["taping"] < 65
+    dataset = DrawDataset([{"task": t} for t in tasks])
+    assert dataset[(5, 11)] == {"task": "crack", "draw": 11} and dataset.tasks == tasks

@@ -1,0 +1,190 @@
+"""Segmenter: images + prompts -> {0, 255} masks at each image's own size.
+
+Speed comes from the structure of CLIPSeg: the CLIP vision pass (most of the compute) depends
+only on the image, the text pass only on the prompt, and only the small decoder needs both.
+So a batch of images gets one vision pass, each prompt's embedding is computed once and cached,
+and the decoder runs on every (image, prompt) pair of the batch in one call.
+
+Numerics are those of the stock `CLIPSegForImageSegmentation.forward` (same functions as
+`modeling.py`); logits are upsampled to the image's size *before* the sigmoid and threshold.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+from data_builders.rasterize import to_rgb
+
+from .modeling import decode, text_embeddings, upsample_logits, vision_activations
+
+DEFAULT_THRESHOLD = 0.5
+ImageInput = Image.Image | np.ndarray | str | Path
+
+
+class ImageLoadError(ValueError):
+    """An input that is not a readable image (the message names the file)."""
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """RGB image as a viewer shows it: EXIF orientation applied, any mode (RGBA, L, P, I;16, ...) converted."""
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as opened:
+                opened.load()  # decode now: a truncated file fails here, with its name
+                return to_rgb(ImageOps.exif_transpose(opened))
+        except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
+            raise ImageLoadError(f"{image}: not a readable image ({error}); pass a JPEG/PNG/TIFF/... file") from error
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, a numpy array or a path, got {type(image).__name__}")
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def prompt_slug(prompt: str) -> str:
+    """File-name form of a prompt: "segment joint/tape" -> "segment-joint-tape"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"prompt {prompt!r} has no letters or digits to name its mask file after")
+    return slug
+
+
+def mask_file_name(image_name: str | Path, prompt: str) -> str:
+    """`<image stem>__<prompt slug>.png`: the name every written mask has (CLI and evaluation)."""
+    return f"{Path(image_name).stem}__{prompt_slug(prompt)}.png"
+
+
+def threshold_of(config) -> float:
+    """The decision threshold saved in a model config (`evaluate.py` calibrates it), 0.5 if absent."""
+    value = getattr(config, "segmentation_threshold", None)
+    return DEFAULT_THRESHOLD if value is None else float(value)
+
+
+@dataclass
+class Segmentation:
+    """Native-size results of one image: `probabilities[prompt]` (float32) or `masks[prompt]` (uint8 {0,255})."""
+
+    size: tuple[int, int]  # (width, height), PIL order
+    masks: dict[str, np.ndarray]
+    probabilities: dict[str, np.ndarray] | None = None
+
+
+class Segmenter:
+    """Text-prompted segmentation with a CLIPSeg checkpoint.
+
+    >>> segmenter = Segmenter.from_pretrained("runs/clipseg-small")
+    >>> masks = segmenter.segment(["photo.jpg"], ["segment crack", "segment taping area"])
+    >>> masks[0]["segment crack"].shape  # (height, width) of photo.jpg, values {0, 255}
+    """
+
+    def __init__(
+        self,
+        model: CLIPSegForImageSegmentation,
+        processor: CLIPSegProcessor,
+        threshold: float | None = None,
+        batch_size: int = 8,
+        device: str | torch.device | None = None,
+    ):
+        self.model = model.eval()
+        if device is not None:
+            self.model.to(device)
+        self.processor = processor
+        self.threshold = threshold_of(model.config) if threshold is None else float(threshold)
+        self.batch_size = batch_size
+        self._embeddings: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        threshold: float | None = None,
+        batch_size: int = 8,
+        device: str | torch.device | None = None,
+        **hub_kwargs,
+    ) -> Segmenter:
+        """A local checkpoint directory or a Hub id (safetensors only, never remote code)."""
+        model = CLIPSegForImageSegmentation.from_pretrained(str(name_or_path), use_safetensors=True, **hub_kwargs)
+        processor = CLIPSegProcessor.from_pretrained(str(name_or_path), **hub_kwargs)
+        return cls(model, processor, threshold=threshold, batch_size=batch_size, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(P, projection_dim) conditional embeddings; each prompt is encoded once per Segmenter.
+
+        Each new prompt is tokenized on its own (no padding), exactly as the stock per-pair call does.
+        """
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"empty prompt {prompt!r}: pass a text such as 'segment crack'")
+            if prompt not in self._embeddings:
+                tokens = self.processor.tokenizer([prompt], return_tensors="pt").to(self.device)
+                self._embeddings[prompt] = text_embeddings(self.model, tokens["input_ids"], tokens["attention_mask"])[0]
+        return torch.stack([self._embeddings[p] for p in prompts])
+
+    @torch.inference_mode()
+    def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
+        """Decoder logits (B, P, h, w) at the processor's resolution: one vision pass for the B images."""
+        conditional = self.prompt_embeddings(prompts)
+        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        activations = vision_activations(self.model, pixels.to(self.device, self.model.dtype))
+        n_images, n_prompts = len(images), len(prompts)
+        # every (image, prompt) pair in one decoder call: activations repeated per prompt (image-major)
+        pairs = [a.repeat_interleave(n_prompts, dim=0) for a in activations]
+        logits = decode(self.model, pairs, conditional.repeat(n_images, 1))
+        return logits.reshape(n_images, n_prompts, *logits.shape[-2:])
+
+    @staticmethod
+    def native_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(P, height, width) probabilities of one image's (P, h, w) logits; `size` is PIL's (width, height)."""
+        return upsample_logits(logits.float(), (size[1], size[0])).sigmoid()
+
+    def iter_segment(
+        self,
+        images: Iterable[ImageInput],
+        prompts: Sequence[str],
+        threshold: float | None = None,
+        return_probabilities: bool = False,
+    ) -> Iterator[Segmentation]:
+        """One `Segmentation` per image, in order, computed `batch_size` images at a time."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompt given: pass at least one, e.g. 'segment crack'")
+        self.prompt_embeddings(prompts)  # reject empty prompts before any image work
+        threshold = self.threshold if threshold is None else float(threshold)
+        batch: list[Image.Image] = []
+        for image in images:
+            batch.append(load_image(image))
+            if len(batch) == self.batch_size:
+                yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
+                batch = []
+        if batch:
+            yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
+
+    def _segment_batch(self, images, prompts, threshold, return_probabilities) -> Iterator[Segmentation]:
+        logits = self.logits(images, prompts)
+        for image, image_logits in zip(images, logits):
+            probabilities = self.native_probabilities(image_logits, image.size)
+            masks = (probabilities > threshold).to(torch.uint8).mul_(255).cpu().numpy()
+            yield Segmentation(
+                size=image.size,
+                masks=dict(zip(prompts, masks)),
+                probabilities=dict(zip(prompts, probabilities.cpu().numpy())) if return_probabilities else None,
+            )
+
+    def segment(
+        self, images: Iterable[ImageInput], prompts: Sequence[str], threshold: float | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Per image, `{prompt: uint8 mask}` with values {0, 255} and the image's (height, width)."""
+        return [result.masks for result in self.iter_segment(images, prompts, threshold)]

@@ -1,0 +1,127 @@
+"""`python -m clipseg_drywall.publish --model_dir OUT --repo_id org/clipseg-drywall [--dataset_dir DIR --dataset_repo_id org/drywall-qa]`
+
+Uploads a trained model folder with `huggingface_hub`: safetensors weights, config (with the
+calibrated threshold), processor and tokenizer files, the model card (re-rendered for the repo
+id) and the evaluation figure and metrics. Never pickles (`.bin`, `.pt`), optimizer or scheduler
+state, or Trainer checkpoints. `--dry_run` lists what would go up and touches no network.
+
+The token is `huggingface_hub`'s own (`hf auth login` or the HF_TOKEN variable); it is never
+printed, and it is scrubbed from any error message before that is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.utils import filter_repo_objects
+
+from .model_card import DEFAULT_DATASET_ID, write_model_card
+
+ALLOW_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "README.md",
+    "evaluation/metrics.json",
+    "evaluation/*.png",
+]
+# applied after the allowlist: no pickles, optimizer/trainer state or intermediate checkpoints, ever
+IGNORE_PATTERNS = [
+    "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*optimizer*", "*scheduler*", "rng_state*",
+    "checkpoint-*", ".git/*", ".cache/*",
+]
+REQUIRED = ("config.json", "tokenizer_config.json")
+
+
+def files_to_upload(model_dir: str | Path) -> list[str]:
+    """Relative paths `upload_folder(allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS)` sends."""
+    root = Path(model_dir)
+    every = [p.relative_to(root).as_posix() for p in sorted(root.glob("**/*")) if p.is_file()]
+    return list(filter_repo_objects(every, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
+
+
+def check_model_dir(model_dir: Path, files: Sequence[str]) -> None:
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model folder; pass the --output_dir of train.py")
+    missing = [name for name in REQUIRED if name not in files]
+    if not any(name.endswith(".safetensors") for name in files):
+        missing.append("model.safetensors")
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir} lacks {', '.join(missing)}: save the model with `save_pretrained` (safetensors) and the "
+            "processor with `CLIPSegProcessor.save_pretrained` into it first"
+        )
+
+
+def _scrub(message: str) -> str:
+    token = get_token()
+    return message.replace(token, "<token>") if token else message
+
+
+def publish_model(model_dir: Path, repo_id: str, dataset_id: str, private: bool, dry_run: bool) -> list[str]:
+    check_model_dir(model_dir, files_to_upload(model_dir) if model_dir.is_dir() else [])
+    write_model_card(model_dir, repo_id=repo_id, dataset_id=dataset_id)  # the card names this repo and dataset
+    files = files_to_upload(model_dir)
+    if not dry_run:
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=model_dir, allow_patterns=ALLOW_PATTERNS,
+                          ignore_patterns=IGNORE_PATTERNS, commit_message="Upload clipseg-drywall model")
+    return files
+
+
+def publish_dataset(dataset_dir: Path, repo_id: str, private: bool, dry_run: bool) -> list[str]:
+    """The dataset as Parquet shards + dataset card (the dataset builder's own publishing code)."""
+    from data_builders.hub import load_saved, push_to_hub
+
+    dataset, stats = load_saved(dataset_dir)
+    listing = [f"data/{split}-*.parquet ({len(rows)} rows)" for split, rows in dataset.items()] + ["README.md"]
+    if not dry_run:
+        push_to_hub(dataset, stats, repo_id, private=private)
+    return listing
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m clipseg_drywall.publish", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", type=Path, required=True, help="a trained (and evaluated) model folder")
+    parser.add_argument("--repo_id", required=True, help="model repo, e.g. org/clipseg-drywall")
+    parser.add_argument("--dataset_dir", type=Path, help="also publish this `python -m data_builders build` output")
+    parser.add_argument("--dataset_repo_id", help=f"dataset repo (default {DEFAULT_DATASET_ID}); named on the model card")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--dry_run", action="store_true", help="render the card and list the files; upload nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    dataset_id = args.dataset_repo_id or DEFAULT_DATASET_ID
+    verb = "would upload" if args.dry_run else "uploaded"
+    try:
+        files = publish_model(args.model_dir, args.repo_id, dataset_id, args.private, args.dry_run)
+        print(f"{verb} to model repo {args.repo_id}:")
+        print("\n".join(f"  {name}" for name in files))
+        if args.dataset_dir:
+            listing = publish_dataset(args.dataset_dir, dataset_id, args.private, args.dry_run)
+            print(f"{verb} to dataset repo {dataset_id}:")
+            print("\n".join(f"  {name}" for name in listing))
+    except Exception as error:  # shown without traceback: the Hub's messages could carry request details
+        print(f"publishing failed: {type(error).__name__}: {_scrub(str(error))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""`python evaluate.py` from the repo root: metrics.json, mask PNGs recomputed independently, threshold, card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipseg_drywall.inference import mask_file_name
+from clipseg_drywall.prompts import TASKS, canonical_prompt
+
+from .conftest import REPO, requires_shared
+
+
+def test_import_evaluate_is_the_library():
+    """The repo root is on sys.path under pytest: `import evaluate` must still be the library."""
+    import evaluate
+
+    assert hasattr(evaluate, "Metric") and "site-packages" in evaluate.__file__
+
+
+def test_metric_module_loads_offline_and_matches_metrics_py():
+    import evaluate
+
+    import clipseg_drywall.foreground_iou as module
+    from clipseg_drywall.metrics import SegmentationScores
+
+    rng = np.random.default_rng(0)
+    predictions = [rng.random((20, 30)) > 0.5, np.zeros((5, 5), bool), np.full((4, 6), 255, np.uint8)]
+    references = [rng.random((20, 30)) > 0.6, np.zeros((5, 5), np.uint8), np.zeros((4, 6), np.uint8)]
+    expected = SegmentationScores()
+    for p, r in zip(predictions, references):
+        expected.add(p, r)
+    for metric in (evaluate.load(module.__file__, keep_in_memory=True), module.ForegroundIoU(keep_in_memory=True)):
+        assert metric.compute(predictions=predictions, references=references) == pytest.approx(expected.compute())
+    # both empty scores 1; background is not averaged in
+    assert module.ForegroundIoU(keep_in_memory=True).compute(
+        predictions=[np.zeros((3, 3), bool)], references=[np.zeros((3, 3), bool)])["miou"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, tiny_drywall_dir, tmp_path_factory):
+    """A copy of the tiny model evaluated on 4 real validation rows, by the script, from the repo root."""
+    root = tmp_path_factory.mktemp("evaluated")
+    model_dir, output_dir = root / "model", root / "eval"
+    shutil.copytree(tiny_model_dir, model_dir)
+    command = [sys.executable, "evaluate.py", "--model_path", str(model_dir), "--dataset_path", str(tiny_drywall_dir),
+               "--split", "validation", "--output_dir", str(output_dir), "--batch_size", "2", "--latency_images", "2",
+               "--figure_cases", "1"]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return model_dir, output_dir, json.loads((output_dir / "metrics.json").read_text())
+
+
+@requires_shared
+def test_metrics_json_shape(evaluated):
+    _, output_dir, metrics = evaluated
+    assert set(metrics["tasks"]) == set(TASKS)
+    for task, block in metrics["tasks"].items():
+        assert block["prompt"] == canonical_prompt(task)
+        assert {"miou", "dice", "dataset_iou", "n_images"} <= set(block) and block["n_images"] == 2
+        fidelity = metrics["prompt_fidelity"][task]
+        assert {"foreground_fraction_other_prompt", "iou_between_prompts"} <= set(fidelity)
+    assert 0.05 <= metrics["threshold"] <= 0.95 and metrics["threshold_source"] == "sweep on validation"
+    assert len(metrics["threshold_sweep"]) == 19
+    best = max(row["mean_iou"] for row in metrics["threshold_sweep"].values())
+    assert metrics["threshold_sweep"][str(metrics["threshold"])]["mean_iou"] == best
+    footprint = metrics["footprint"]
+    assert {"params_total", "params_trainable", "size_on_disk_mb", "inference_ms_per_image",
+            "inference_ms_per_image_batched", "device", "peak_memory_mb"} <= set(footprint)
+    assert footprint["params_total"] > 0 and footprint["size_on_disk_mb"] > 0
+    assert (output_dir / metrics["figure"]).is_file()
+
+
+@requires_shared
+def test_pngs_recomputed_independently_match_metrics(evaluated, tiny_drywall_dir):
+    _, output_dir, metrics = evaluated
+    rows = datasets.load_from_disk(str(tiny_drywall_dir))["validation"]
+    per_task: dict[str, list[tuple[float, float, int, int]]] = {t: [] for t in TASKS}
+    for row in rows:
+        target = np.asarray(row["mask"]) == 255
+        for task in TASKS:  # a PNG per (image, prompt), single-channel {0,255}, the image's size
+            png = Image.open(output_dir / "masks" / mask_file_name(row["image_id"], canonical_prompt(task)))
+            assert png.mode == "L" and png.size == row["image"].size
+            assert set(np.unique(np.asarray(png))) <= {0, 255}
+        prediction = np.asarray(Image.open(output_dir / "masks" / mask_file_name(row["image_id"], canonical_prompt(row["task"])))) == 255
+        inter, union = int((prediction & target).sum()), int((prediction | target).sum())
+        total = int(prediction.sum() + target.sum())
+        per_task[row["task"]].append((1.0 if union == 0 else inter / union, 1.0 if total == 0 else 2 * inter / total, inter, union))
+    for task, scores in per_task.items():
+        reported = metrics["tasks"][task]
+        assert np.mean([s[0] for s in scores]) == pytest.approx(reported["miou"], abs=1e-4)
+        assert np.mean([s[1] for s in scores]) == pytest.approx(reported["dice"], abs=1e-4)
+        union = sum(s[3] for s in scores)
+        assert (sum(s[2] for s in scores) / union if union else 1.0) == pytest.approx(reported["dataset_iou"], abs=1e-4)
+
+
+@requires_shared
+def test_threshold_and_card_written_into_model(evaluated):
+    from huggingface_hub import ModelCard
+
+    model_dir, _, metrics = evaluated
+    assert json.loads((model_dir / "config.json").read_text())["segmentation_threshold"] == metrics["threshold"]
+    assert (model_dir / "evaluation" / "metrics.json").is_file() and (model_dir / "evaluation" / "best_worst.png").is_file()
+    card = ModelCard.load(model_dir / "README.md")
+    assert f"{metrics['tasks']['crack']['miou']:.4f}" in card.text
+    assert f"{metrics['footprint']['params_total']:,}" in card.text
+    assert "evaluation/best_worst.png" in card.text
+
+
+@requires_shared
+def test_card_metadata_round_trips(evaluated):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    model_dir, _, metrics = evaluated
+    data = ModelCard.load(model_dir / "README.md").data
+    again = ModelCardData(**data.to_dict())
+    assert again.to_dict() == data.to_dict()
+    assert (data.base_model, data.library_name, data.pipeline_tag, data.license) == (
+        "CIDAS/clipseg-rd64-refined", "transformers", "image-segmentation", "apache-2.0")
+    assert data.datasets == ["org/drywall-qa"]
+    found = {(r.dataset_config, r.metric_type): (r.metric_value, r.dataset_split) for r in again.eval_results}
+    for task in TASKS:
+        assert found[(task, "iou")] == (pytest.approx(metrics["tasks"][task]["miou"], abs=1e-4), "validation")
+        assert found[(task, "dice")] == (pytest.approx(metrics["tasks"][task]["dice"], abs=1e-4), "validation")
+
+
+@requires_shared
+def test_fixed_threshold_on_another_split_keeps_config(evaluated, tiny_drywall_dir, tmp_path):
+    from clipseg_drywall.model_evaluation import EvaluationArguments, evaluate_model
+
+    model_dir, _, _ = evaluated
+    before = (model_dir / "config.json").read_text()
+    metrics = evaluate_model(EvaluationArguments(
+        model_path=str(model_dir), dataset_path=str(tiny_drywall_dir), split="train", max_samples=2,
+        output_dir=str(tmp_path), threshold=0.3, latency_images=0, update_model=False))
+    assert metrics["threshold"] == 0.3 and metrics["threshold_sweep"] is None and "footprint" not in metrics
+    assert (model_dir / "config.json").read_text() == before
+    with pytest.raises(ValueError, match="no split 'nope'"):
+        evaluate_model(EvaluationArguments(model_path=str(model_dir), dataset_path=str(tiny_drywall_dir),
+                                           split="nope", output_dir=str(tmp_path)))

@@ -39,6 +39,24 @@ def pad_masks(masks: list[np.ndarray]) -> torch.Tensor:
     return labels
 
 
+def resize_images(dataset, processor, desc: str = "resizing images"):
+    """`dataset` with each `image` already at the processor's input size; masks stay native.
+
+    The processor then resizes nothing (Pillow returns a copy at the same size), so the pixel
+    values are bit-identical, while each step decodes a small image instead of a 640x640 JPEG.
+    `datasets` caches the mapped rows, so this costs once per dataset and processor size.
+    """
+    image_processor = processor.image_processor
+    size = (image_processor.size["width"], image_processor.size["height"])
+    resample = Image.Resampling(image_processor.resample)
+
+    def resize(batch: dict) -> dict:
+        batch["image"] = [image.convert("RGB").resize(size, resample) for image in batch["image"]]
+        return batch
+
+    return dataset.map(resize, batched=True, batch_size=32, desc=f"{desc} to {size[0]}x{size[1]}")
+
+
 @dataclass
 class CLIPSegCollator:
     """Turns dataset rows into a CLIPSeg batch; `train=False` gives the deterministic eval batch."""
@@ -60,30 +78,51 @@ class CLIPSegCollator:
             draw = int(torch.randint(2**62, ()))
         return random.Random(draw)
 
-    def example(self, row: dict) -> tuple[Image.Image, str, np.ndarray, bool]:
-        """(image, prompt, {0,1} mask, is_negative) of one row after this collator's random choices."""
-        image, mask, task = row["image"].convert("RGB"), row["mask"], row["task"]
-        if image.size != mask.size:
-            raise ValueError(f"image {image.size} and mask {mask.size} of {row.get('image_id')} differ; rebuild the dataset")
-        if not self.train:
-            if self.eval_negatives:
-                target = mask_array(mask)
-                return image, canonical_prompt(other_task(task)), np.zeros_like(target), True
-            return image, canonical_prompt(task), mask_array(mask), False
+    def choices(self, row: dict) -> tuple[str, bool, bool, bool]:
+        """(prompt, flip left-right, flip top-bottom, is_negative) of one train row.
+
+        Every random choice of an example is made here, in a fixed order, so the pixel path and
+        the cached-feature path (`CachedFeatureCollator`) see the same examples for the same draws.
+        """
         rng = self._rng(row)
-        prompt = sample_prompt(task, rng) if self.resample_prompts else row["prompt"]
+        prompt = sample_prompt(row["task"], rng) if self.resample_prompts else row["prompt"]
+        flip_lr = flip_tb = False
         if self.augment:
-            if rng.random() < 0.5:
-                image, mask = (m.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for m in (image, mask))
-            if rng.random() < 0.5:
-                image, mask = (m.transpose(Image.Transpose.FLIP_TOP_BOTTOM) for m in (image, mask))
-        target = mask_array(mask)
-        if self.negative_prompt_ratio and rng.random() < self.negative_prompt_ratio:
+            flip_lr = rng.random() < 0.5
+            flip_tb = rng.random() < 0.5
+        negative = bool(self.negative_prompt_ratio) and rng.random() < self.negative_prompt_ratio
+        if negative:
             # any synonym, never always the canonical one: a prompt seen only in negative pairs
             # would be learnt as "predict nothing" and then fail at evaluation, which uses it
-            prompt = sample_prompt(other_task(task), rng)
-            return image, prompt, np.zeros_like(target), True
-        return image, prompt, target, False
+            prompt = sample_prompt(other_task(row["task"]), rng)
+        return prompt, flip_lr, flip_tb, negative
+
+    def target(self, row: dict) -> tuple[str, np.ndarray, bool]:
+        """(prompt, {0,1} mask, is_negative) of an evaluation row, or of a train row without flips."""
+        task = row["task"]
+        if self.train:
+            prompt, flip_lr, flip_tb, negative = self.choices(row)
+            if flip_lr or flip_tb:
+                raise ValueError("flips change pixels: use `example`, not `target`")
+        else:
+            negative = self.eval_negatives
+            prompt = canonical_prompt(other_task(task) if negative else task)
+        mask = mask_array(row["mask"])
+        return prompt, (np.zeros_like(mask) if negative else mask), negative
+
+    def example(self, row: dict) -> tuple[Image.Image, str, np.ndarray, bool]:
+        """(image, prompt, {0,1} mask, is_negative) of one row after this collator's random choices."""
+        image, mask = row["image"].convert("RGB"), row["mask"]
+        if not self.train:
+            prompt, target, negative = self.target(row)
+            return image, prompt, target, negative
+        prompt, flip_lr, flip_tb, negative = self.choices(row)
+        if flip_lr:
+            image, mask = (m.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for m in (image, mask))
+        if flip_tb:
+            image, mask = (m.transpose(Image.Transpose.FLIP_TOP_BOTTOM) for m in (image, mask))
+        target = mask_array(mask)
+        return image, prompt, (np.zeros_like(target) if negative else target), negative
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         images, prompts, masks, negatives = zip(*(self.example(row) for row in rows))

@@ -8,7 +8,8 @@ without running CLIP at all.
 The cache key covers everything the features depend on: the model config, the CLIP weights,
 the image processor's settings and the dataset's fingerprint, so a stale cache is never read.
 Augmentations that change pixels (flips) would need new features per step: they cannot use the
-cache, and `resolve_cache_use` says so and falls back to the plain path.
+cache, and `resolve_cache_use` says so and falls back to the plain path. Only the train split is
+cached: evaluation runs the full model on pixels.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import CLIPSegForImageSegmentation
 
+from .collator import CLIPSegCollator, pad_masks
 from .modeling import text_embeddings, vision_activations
-from .prompts import all_prompts
+from .prompts import TASKS, all_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +137,32 @@ def resolve_cache_use(requested: bool, freeze_encoder: bool, augment: bool) -> b
         logger.warning("--augment changes pixels, so cached features would be wrong: training without the cache")
         return False
     return True
+
+
+@dataclass
+class CachedFeatureCollator(CLIPSegCollator):
+    """A train batch from cached features: `activations` and `conditional_embeddings` instead of pixels
+    and tokens. The prompt, negative-pair and mask choices are `CLIPSegCollator.choices`, so a run
+    from the cache sees the same examples as a run from pixels with the same seed."""
+
+    cache: FeatureCache | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cache is None:
+            raise ValueError("CachedFeatureCollator needs `cache` (see `build_feature_cache`)")
+        if self.augment or not self.train:
+            raise ValueError("cached features serve un-augmented train batches only; evaluate with CLIPSegCollator")
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if any("index" not in row for row in rows):
+            raise KeyError("rows need an `index` into the cache: wrap the dataset in sampling.DrawDataset")
+        prompts, masks, negatives = zip(*(self.target(row) for row in rows))
+        indices = [row["index"] for row in rows]
+        return {
+            "activations": torch.from_numpy(self.cache.activations[indices].astype(np.float32)),
+            "conditional_embeddings": torch.stack([self.cache.embedding(p) for p in prompts]),
+            "labels": pad_masks(list(masks)),
+            "task_ids": torch.tensor([TASKS.index(row["task"]) for row in rows]),
+            "negative": torch.tensor(negatives, dtype=torch.bool),
+        }

@@ -141,11 +141,15 @@ def make_transposed_convolution_contiguous(model: CLIPSegForImageSegmentation) -
 
 def _gradient_forward(
     self: CLIPSegForImageSegmentation,
-    pixel_values: torch.Tensor,
-    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    activations: torch.Tensor | None = None,
+    conditional_embeddings: torch.Tensor | None = None,
     **kwargs,
 ) -> CLIPSegImageSegmentationOutput:
+    if activations is not None:  # cached CLIP features (B, layers, tokens, hidden): the decoder alone
+        return CLIPSegImageSegmentationOutput(logits=decode(self, list(activations.unbind(1)), conditional_embeddings))
     logits = segmentation_logits(self, pixel_values, input_ids, attention_mask, train_encoder=encoder_is_trainable(self))
     return CLIPSegImageSegmentationOutput(logits=logits)
 
@@ -156,7 +160,8 @@ def use_gradient_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImageS
     Wrappers such as DDP only synchronise gradients of a forward they call themselves, so the
     gradient path has to be `model.forward`. Only the instance changes: the class, and therefore
     every saved checkpoint, stays a plain `CLIPSegForImageSegmentation`. Encoder gradients
-    follow `requires_grad` (see `set_encoder_trainable`).
+    follow `requires_grad` (see `set_encoder_trainable`). Given `activations` (cached features,
+    see `feature_cache.py`) and `conditional_embeddings`, only the decoder runs.
     """
     make_transposed_convolution_contiguous(model)
     model.forward = types.MethodType(_gradient_forward, model)

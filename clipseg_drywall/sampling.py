@@ -69,7 +69,8 @@ class DrawSampler(Sampler):
 
 
 class DrawDataset(Dataset):
-    """Rows of a dataset indexed by `index` or `(index, draw)`; the row gains a `draw` key."""
+    """Rows of a dataset indexed by `index` or `(index, draw)`; the row gains `draw` and `index` keys
+    (`index` locates the row's cached features, see `feature_cache.py`)."""
 
     def __init__(self, rows: Any):
         self.rows = rows
@@ -81,6 +82,7 @@ class DrawDataset(Dataset):
         index, draw = key if isinstance(key, tuple) else (key, None)
         row = dict(self.rows[int(index)])
         row["draw"] = draw
+        row["index"] = int(index)
         return row
 
     @property

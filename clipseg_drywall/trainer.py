@@ -30,6 +30,8 @@ from .plotting import plot_training_curves
 from .sampling import DrawDataset, DrawSampler
 
 CURVES_FILE = "training_curves.png"
+# pixels + tokens (the plain path) or cached CLIP features (`feature_cache.CachedFeatureCollator`)
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "activations", "conditional_embeddings")
 
 
 @dataclass
@@ -126,8 +128,7 @@ class CLIPSegTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                        attention_mask=inputs["attention_mask"])
+        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
         loss = segmentation_loss(outputs.logits, labels, num_items_in_batch,
                                  dice_weight=self.args.dice_weight, pos_weight=self.args.pos_weight)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:

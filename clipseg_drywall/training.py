@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import transformers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, HfArgumentParser, set_seed
 
-from .collator import CLIPSegCollator
+from .collator import CLIPSegCollator, resize_images
+from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
 from .modeling import model_from_config
 from .trainer import CLIPSegTrainer, CLIPSegTrainingArguments
 
@@ -43,6 +45,9 @@ class DataArguments:
     resample_prompts: bool = field(default=False, metadata={"help": "A random synonym from the vocabulary each time a train row is used."})
     augment: bool = field(default=False, metadata={"help": "Random horizontal/vertical flips (masks follow)."})
     negative_prompt_ratio: float = field(default=0.0, metadata={"help": "Share of train pairs given the other task's prompt and an empty mask."})
+    preresize_images: bool = field(default=True, metadata={"help": "Store images resized to the processor's size once (bit-identical pixels, far less decoding per step); masks stay native."})
+    cache_features: bool = field(default=False, metadata={"help": "With --freeze_encoder: compute the CLIP features of the train split once, on disk, and train the decoder from them."})
+    feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features go (default: <dataset_path>/feature_cache, or ~/.cache/clipseg_drywall/features)."})
 
     def __post_init__(self):
         if (self.dataset_path is None) == (self.dataset_name is None):
@@ -98,16 +103,36 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def feature_cache_root(data_args: DataArguments) -> Path:
+    if data_args.feature_cache_dir:
+        return Path(data_args.feature_cache_dir)
+    if data_args.dataset_path:
+        return Path(data_args.dataset_path) / "feature_cache"
+    return Path.home() / ".cache" / "clipseg_drywall" / "features"
+
+
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: CLIPSegTrainingArguments,
                   callbacks: list | None = None) -> CLIPSegTrainer:
     set_seed(training_args.seed)  # before the model: random weights from a config depend on it
     model = load_model(model_args)
     processor = load_processor(model_args)
     train, evaluation = load_splits(data_args)
-    collator = CLIPSegCollator(processor, train=True, resample_prompts=data_args.resample_prompts,
-                               augment=data_args.augment, negative_prompt_ratio=data_args.negative_prompt_ratio)
+    if data_args.preresize_images:
+        with training_args.main_process_first(desc="resizing images"):
+            train = resize_images(train, processor, desc="resizing train images")
+            if evaluation is not None:
+                evaluation = resize_images(evaluation, processor, desc="resizing eval images")
+    options = {"resample_prompts": data_args.resample_prompts, "negative_prompt_ratio": data_args.negative_prompt_ratio}
+    if resolve_cache_use(data_args.cache_features, training_args.freeze_encoder, data_args.augment):
+        with training_args.main_process_first(desc="caching CLIP features"):
+            cache = build_feature_cache(model, processor, train, feature_cache_root(data_args))
+        collator = CachedFeatureCollator(processor, train=True, cache=cache, **options)
+        train = train.remove_columns("image")  # never decoded again: the features stand in for it
+    else:
+        collator = CLIPSegCollator(processor, train=True, augment=data_args.augment, **options)
     return CLIPSegTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-                          data_collator=collator, processing_class=processor, callbacks=callbacks)
+                          data_collator=collator, eval_data_collator=CLIPSegCollator(processor, train=False),
+                          processing_class=processor, callbacks=callbacks)
 
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:

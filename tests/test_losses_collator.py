@@ -130,4 +130,4 @@ def test_sampler_is_seeded_per_epoch_and_balances_tasks():
     counts = Counter(tasks[i] for i, _ in balanced)
     assert len(balanced) == 100 and 35 < counts["taping"] < 65
     dataset = DrawDataset([{"task": t} for t in tasks])
-    assert dataset[(5, 11)] == {"task": "crack", "draw": 11} and dataset.tasks == tasks
+    assert dataset[(5, 11)] == {"task": "crack", "draw": 11, "index": 5} and dataset.tasks == tasks

@@ -1,0 +1,54 @@
+"""The loop learns and reads the prompt: 16 real training images (8 per task), `configs/clipseg-small`
+from random weights, a few CPU minutes. Scored on the same images at native resolution."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from clipseg_drywall.collator import CLIPSegCollator
+from clipseg_drywall.evaluation import evaluate_rows, summarize
+from clipseg_drywall.training import DataArguments, ModelArguments, build_trainer
+from clipseg_drywall.trainer import CLIPSegTrainingArguments
+
+from .conftest import CLIPSEG_FILES, REPO, requires_shared
+
+pytestmark = requires_shared
+
+# what learns in ~2 CPU minutes: both encoders at a from-scratch rate, BCE + Dice, pos_weight, negatives
+RECIPE = {
+    "max_steps": 300,
+    "per_device_train_batch_size": 8,
+    "decoder_learning_rate": 3e-3,
+    "encoder_learning_rate": 2e-3,
+    "dice_weight": 1.0,
+    "pos_weight": 3.0,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 20,
+}
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "open: cracks reach ~0.3-0.6 train IoU in 300 steps, but the from-scratch text encoder collapses "
+    "(cos 0.995 between the two tasks' prompt embeddings), so the prompt is ignored: taping ~0.05, "
+    "wrong-prompt foreground = predicted foreground. See the training report in issue 3."))
+def test_small_config_learns_both_tasks_and_reads_the_prompt(learning_drywall_dir, tmp_path):
+    trainer = build_trainer(
+        ModelArguments(config_name=str(REPO / "configs" / "clipseg-small"), tokenizer_name=str(CLIPSEG_FILES),
+                       image_size=224),
+        DataArguments(dataset_path=str(learning_drywall_dir), negative_prompt_ratio=0.25, resample_prompts=True),
+        CLIPSegTrainingArguments(output_dir=str(tmp_path), report_to=[], disable_tqdm=True, logging_steps=50,
+                                 eval_strategy="no", save_strategy="no", dataloader_pin_memory=False, **RECIPE),
+    )
+    trainer.train()
+    rows = list(trainer.train_dataset.rows)
+    processor = trainer.processing_class
+    positive = summarize(evaluate_rows(trainer.model, CLIPSegCollator(processor, train=False), rows)[0.5])
+    negative = summarize(
+        evaluate_rows(trainer.model, CLIPSegCollator(processor, train=False, eval_negatives=True), rows)[0.5]
+    )
+    print(positive, negative)
+    assert positive["iou_taping"] >= 0.5, positive
+    assert positive["iou_crack"] >= 0.3, positive
+    assert negative["wrong_prompt_foreground_crack"] < 0.05, negative
+    assert negative["wrong_prompt_foreground_taping"] < 0.05, negative

@@ -26,10 +26,11 @@ def label_sizes(labels: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice of one image; `smooth` keeps an empty target with an empty prediction near 0."""
+    """1 - soft Dice per image of (B, H, W) logits and targets, shape (B,); `smooth` keeps an empty
+    target with an empty prediction near 0."""
     probabilities = logits.sigmoid()
-    intersection = (probabilities * target).sum()
-    return 1.0 - (2.0 * intersection + smooth) / (probabilities.sum() + target.sum() + smooth)
+    intersection = (probabilities * target).sum(dim=(-2, -1))
+    return 1.0 - (2.0 * intersection + smooth) / (probabilities.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) + smooth)
 
 
 def segmentation_loss(
@@ -47,16 +48,19 @@ def segmentation_loss(
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} logits for {labels.shape[0]} labels; pass one mask per prompt")
     weight = None if pos_weight is None else torch.tensor(float(pos_weight), device=logits.device)
-    total = logits.new_zeros(())
+    sizes = label_sizes(labels)
+    # one native size for the whole batch (the usual case): one upsample and one BCE call, no loop
+    groups = [(list(range(len(sizes))), sizes[0])] if len(set(sizes)) == 1 else [([i], s) for i, s in enumerate(sizes)]
+    total = logits.new_zeros((), dtype=torch.float32)
     pixels = 0
-    for logit, label, (height, width) in zip(logits, labels, label_sizes(labels)):
+    for rows, (height, width) in groups:
         # upsample in float32: bf16 autocast logits lose the thin-crack boundary detail otherwise
-        upsampled = upsample_logits(logit[None].float(), (height, width))[0]
-        target = label[:height, :width].float()
+        upsampled = upsample_logits(logits[rows].float(), (height, width))
+        target = labels[rows, :height, :width].float()
         total = total + F.binary_cross_entropy_with_logits(upsampled, target, pos_weight=weight, reduction="sum")
         if dice_weight:
-            total = total + dice_weight * height * width * soft_dice_loss(upsampled, target)
-        pixels += height * width
+            total = total + dice_weight * height * width * soft_dice_loss(upsampled, target).sum()
+        pixels += len(rows) * height * width
     denominator = num_items_in_batch if num_items_in_batch is not None else max(pixels, 1)
     if torch.is_tensor(denominator):
         denominator = denominator.to(total.device, total.dtype)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +77,8 @@ class CLIPSegTrainer(Trainer):
         # the Trainer counts `labels != -100` for `num_items_in_batch` only when it believes the model takes it
         self.model_accepts_loss_kwargs = True
         if eval_data_collator is None and isinstance(self.data_collator, CLIPSegCollator):
-            eval_data_collator = dataclasses.replace(self.data_collator, train=False)
+            # canonical prompts, no augmentation, pixels (a cached-feature collator serves training only)
+            eval_data_collator = CLIPSegCollator(self.data_collator.processor, train=False)
         self.eval_data_collator = eval_data_collator or self.data_collator
         self.add_callback(CurvesCallback())
 

@@ -3,9 +3,6 @@ from random weights, a few CPU minutes. Scored on the same images at native reso
 
 from __future__ import annotations
 
-
-import pytest
-
 from clipseg_drywall.collator import CLIPSegCollator
 from clipseg_drywall.evaluation import evaluate_rows, summarize
 from clipseg_drywall.training import DataArguments, ModelArguments, build_trainer
@@ -15,12 +12,13 @@ from .conftest import CLIPSEG_FILES, REPO, requires_shared
 
 pytestmark = requires_shared
 
-# what learns in ~2 CPU minutes: both encoders at a from-scratch rate, BCE + Dice, pos_weight, negatives
+# what learns in ~2-3 CPU minutes. The rates matter most: at encoder 2e-3 / decoder 3e-3 the taping
+# IoU stayed at 0.07 and the prompt was ignored (wrong-prompt foreground = predicted foreground)
 RECIPE = {
-    "max_steps": 300,
+    "max_steps": 400,
     "per_device_train_batch_size": 8,
-    "decoder_learning_rate": 3e-3,
-    "encoder_learning_rate": 2e-3,
+    "decoder_learning_rate": 1e-3,
+    "encoder_learning_rate": 3e-4,
     "dice_weight": 1.0,
     "pos_weight": 3.0,
     "lr_scheduler_type": "cosine",
@@ -28,15 +26,11 @@ RECIPE = {
 }
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: cracks reach ~0.3-0.6 train IoU in 300 steps, but the from-scratch text encoder collapses "
-    "(cos 0.995 between the two tasks' prompt embeddings), so the prompt is ignored: taping ~0.05, "
-    "wrong-prompt foreground = predicted foreground. See the training report in issue 3."))
 def test_small_config_learns_both_tasks_and_reads_the_prompt(learning_drywall_dir, tmp_path):
     trainer = build_trainer(
         ModelArguments(config_name=str(REPO / "configs" / "clipseg-small"), tokenizer_name=str(CLIPSEG_FILES),
                        image_size=224),
-        DataArguments(dataset_path=str(learning_drywall_dir), negative_prompt_ratio=0.25, resample_prompts=True),
+        DataArguments(dataset_path=str(learning_drywall_dir), negative_prompt_ratio=0.5, resample_prompts=True),
         CLIPSegTrainingArguments(output_dir=str(tmp_path), report_to=[], disable_tqdm=True, logging_steps=50,
                                  eval_strategy="no", save_strategy="no", dataloader_pin_memory=False, **RECIPE),
     )

@@ -68,6 +68,38 @@ def threshold_of(config) -> float:
     return DEFAULT_THRESHOLD if value is None else float(value)
 
 
+SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
+
+
+def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[str] = ()) -> CLIPSegForImageSegmentation:
+    """Opt-in CPU speed-ups, in place. All but `channels_last` change the numerics a little
+    (`benchmarks/inference.py` measures speed, `evaluate.py --speed_options` the IoU change).
+
+    bf16: weights and activations in bfloat16. int8: dynamic int8 quantisation of the Linear
+    layers (weights int8, activations quantised per batch; CPU only). channels_last: memory
+    format of the decoder's convolutions. compile: `torch.compile` of the vision layers and
+    the decoder (the first batch of each shape pays the compilation).
+    """
+    options = set(options)
+    unknown = options - set(SPEED_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown speed options {sorted(unknown)}; choose from {SPEED_OPTIONS}")
+    if "bf16" in options and "int8" in options:
+        raise ValueError("bf16 and int8 do not combine: int8 quantises float32 Linear layers")
+    if "bf16" in options:
+        model.to(torch.bfloat16)
+    if "int8" in options:
+        model.clip = torch.ao.quantization.quantize_dynamic(model.clip, {torch.nn.Linear}, dtype=torch.qint8)
+        model.decoder = torch.ao.quantization.quantize_dynamic(model.decoder, {torch.nn.Linear}, dtype=torch.qint8)
+    if "channels_last" in options:
+        model.decoder.to(memory_format=torch.channels_last)
+    if "compile" in options:
+        for layer in model.clip.vision_model.encoder.layers:
+            layer.compile(dynamic=False)
+        model.decoder.compile(dynamic=False)
+    return model
+
+
 @dataclass
 class Segmentation:
     """Native-size results of one image: `probabilities[prompt]` (float32) or `masks[prompt]` (uint8 {0,255})."""
@@ -92,10 +124,12 @@ class Segmenter:
         threshold: float | None = None,
         batch_size: int = 8,
         device: str | torch.device | None = None,
+        speed_options: Iterable[str] = (),
     ):
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
+        apply_speed_options(self.model, speed_options)
         self.processor = processor
         self.threshold = threshold_of(model.config) if threshold is None else float(threshold)
         self.batch_size = batch_size
@@ -108,12 +142,14 @@ class Segmenter:
         threshold: float | None = None,
         batch_size: int = 8,
         device: str | torch.device | None = None,
+        speed_options: Iterable[str] = (),
         **hub_kwargs,
     ) -> Segmenter:
         """A local checkpoint directory or a Hub id (safetensors only, never remote code)."""
         model = CLIPSegForImageSegmentation.from_pretrained(str(name_or_path), use_safetensors=True, **hub_kwargs)
         processor = CLIPSegProcessor.from_pretrained(str(name_or_path), **hub_kwargs)
-        return cls(model, processor, threshold=threshold, batch_size=batch_size, device=device)
+        return cls(model, processor, threshold=threshold, batch_size=batch_size, device=device,
+                   speed_options=speed_options)
 
     @property
     def device(self) -> torch.device:

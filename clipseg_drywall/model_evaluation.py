@@ -57,6 +57,11 @@ class EvaluationArguments:
     latency_images: int = field(default=16, metadata={"help": "Images timed for the footprint (0: skip timing)."})
     figure_cases: int = field(default=2, metadata={"help": "Best and worst cases per task in the figure."})
     device: str | None = None
+    speed_options: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Opt-in speed-ups to evaluate (bf16, int8, channels_last, compile): their IoU change is "
+                          "what decides whether they may be used. Use with --update_model false."},
+    )
 
     def __post_init__(self):
         if (self.dataset_path is None) == (self.dataset_name is None):
@@ -200,7 +205,8 @@ def set_model_threshold(model_dir: Path, threshold: float) -> None:
 def evaluate_model(args: EvaluationArguments) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    segmenter = Segmenter.from_pretrained(args.model_path, batch_size=args.batch_size, device=args.device)
+    segmenter = Segmenter.from_pretrained(args.model_path, batch_size=args.batch_size, device=args.device,
+                                          speed_options=args.speed_options)
     split = load_split(args)
     if len(split) == 0:
         raise ValueError(f"split {args.split!r} of {args.dataset_path or args.dataset_name} is empty")

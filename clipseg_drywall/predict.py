@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .inference import ImageLoadError, Segmenter, load_image, mask_file_name, prompt_slug
+from .inference import SPEED_OPTIONS, ImageLoadError, Segmenter, load_image, mask_file_name, prompt_slug
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 OVERLAY_COLOUR = (255, 0, 0)
@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model config's)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per vision pass")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
+    parser.add_argument("--speed", action="append", default=[], choices=SPEED_OPTIONS,
+                        help="opt-in CPU speed-up (repeatable); see README 'Performance' for each one's effect")
     parser.add_argument("--overlay", action="store_true", help="also write each mask over its image as a JPEG")
     return parser
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
     segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, batch_size=args.batch_size,
-                                          device=args.device)
+                                          device=args.device, speed_options=args.speed)
     written, failures = predict(segmenter, args.inputs, args.prompt, args.output, write_overlay=args.overlay)
     print(f"wrote {len(written)} files to {args.output} (threshold {segmenter.threshold})")
     if failures:

@@ -170,3 +170,20 @@ def test_predict_cli_rejects_empty_prompt(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", str(tiny_model_dir), "--prompt", " ", "--output", str(tmp_path), str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_speed_options_keep_masks_close_and_reject_nonsense(tiny_model_dir, photo):
+    reference = Segmenter.from_pretrained(tiny_model_dir)
+    (base,) = reference.iter_segment([photo], PROMPTS, return_probabilities=True)
+    for options, tolerance in ((["channels_last"], 1e-6), (["bf16"], 0.05), (["int8"], 0.05)):
+        fast = Segmenter.from_pretrained(tiny_model_dir, speed_options=options)
+        (result,) = fast.iter_segment([photo], PROMPTS, return_probabilities=True)
+        for prompt in PROMPTS:
+            difference = np.abs(result.probabilities[prompt] - base.probabilities[prompt]).max()
+            assert difference <= tolerance, (options, prompt, difference)
+            assert result.masks[prompt].shape == (photo.height, photo.width)
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in fast.model.modules())
+    with pytest.raises(ValueError, match="unknown speed options"):
+        Segmenter.from_pretrained(tiny_model_dir, speed_options=["turbo"])
+    with pytest.raises(ValueError, match="do not combine"):
+        Segmenter.from_pretrained(tiny_model_dir, speed_options=["bf16", "int8"])

@@ -24,9 +24,10 @@ DEFAULT_DATASET_ID = "org/drywall-qa"
 CARD_FILE = "README.md"
 METRICS_PATH = Path("evaluation") / "metrics.json"
 HYPERPARAMETERS = (
-    "learning_rate", "encoder_learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "seed",
-    "freeze_encoder", "bf16", "fp16",
+    "model_name_or_path", "config_name", "image_size", "encoder_learning_rate", "decoder_learning_rate",
+    "freeze_encoder", "per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "max_steps",
+    "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "dice_weight",
+    "pos_weight", "balance_tasks", "resample_prompts", "augment", "negative_prompt_ratio", "seed", "bf16", "fp16",
 )
 
 
@@ -60,6 +61,14 @@ def training_summary(model_dir: Path) -> dict[str, object]:
     return summary
 
 
+def base_model_of(model_dir: Path) -> str | None:
+    """The checkpoint training started from (None when it started from a config's random weights)."""
+    arguments = _read_json(model_dir / "training_args.json")
+    if arguments is None:
+        return DEFAULT_BASE_MODEL
+    return arguments.get("model_name_or_path")
+
+
 def eval_results(metrics: dict, dataset_id: str) -> list[EvalResult]:
     """model-index entries: IoU and Dice per task, with the dataset and split they were measured on."""
     split = metrics["dataset"]["split"]
@@ -78,7 +87,7 @@ def eval_results(metrics: dict, dataset_id: str) -> list[EvalResult]:
 def render_model_card(
     model_dir: str | Path,
     repo_id: str = DEFAULT_REPO_ID,
-    base_model: str | None = DEFAULT_BASE_MODEL,
+    base_model: str | None = "auto",
     dataset_id: str = DEFAULT_DATASET_ID,
     license: str = "apache-2.0",
     training: dict | None = None,
@@ -88,6 +97,8 @@ def render_model_card(
     from .inference import threshold_of
 
     model_dir = Path(model_dir)
+    if base_model == "auto":
+        base_model = base_model_of(model_dir)
     metrics = _read_json(model_dir / METRICS_PATH)
     figure = None
     if metrics and metrics.get("figure") and (model_dir / METRICS_PATH.parent / metrics["figure"]).is_file():
@@ -110,6 +121,7 @@ def render_model_card(
         repo_id=repo_id,
         dataset_id=dataset_id,
         threshold=threshold_of(CLIPSegConfig.from_pretrained(model_dir)),
+        threshold_source=(metrics or {}).get("threshold_source", "the default: evaluate.py calibrates it"),
         prompts=PROMPTS,
         canonical=CANONICAL_PROMPTS,
         metrics=metrics,

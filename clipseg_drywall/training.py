@@ -5,12 +5,16 @@ Kept in the library so tests and benchmarks run exactly the script's code path.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, HfArgumentParser, set_seed
 
@@ -153,6 +157,28 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    trainer.create_model_card(model_name=model_args.config_name or model_args.model_name_or_path,
-                              tags=["image-segmentation", "clipseg"])
+    if trainer.is_world_process_zero():
+        write_run_card(trainer, model_args, data_args)
     return 0
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (cuda)"
+    if device.type == "mps":
+        return "Apple silicon GPU (mps)"
+    return f"CPU, {torch.get_num_threads()} threads ({platform.machine()})"
+
+
+def write_run_card(trainer: CLIPSegTrainer, model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Every argument of the run as `training_args.json`, then the model card (`model_card.md`) as README.md."""
+    from .model_card import write_model_card
+
+    output_dir = Path(trainer.args.output_dir)
+    arguments = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **trainer.args.to_dict()}
+    if model_args.config_name:
+        arguments["model_name_or_path"] = None  # not used: the weights started random from config_name
+    arguments["hardware"] = hardware_description(trainer.args.device)
+    arguments["num_processes"] = trainer.accelerator.num_processes
+    (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str))
+    write_model_card(output_dir)  # base model, hyperparameters and hardware from training_args.json

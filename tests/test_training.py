@@ -213,3 +213,7 @@ def test_accelerate_launch_cli_leaves_a_loadable_model(tiny_config_dir, tiny_dry
     assert (output / "model.safetensors").is_file() and (output / "checkpoint-20" / "model.safetensors").is_file()
     CLIPSegForImageSegmentation.from_pretrained(output)
     CLIPSegProcessor.from_pretrained(output)
+    card = (output / "README.md").read_text()  # model_card.md rendered: metadata, hyperparameters, hardware
+    assert "library_name: transformers" in card and "pipeline_tag: image-segmentation" in card
+    assert "decoder_learning_rate" in card and "CPU" in card and "CIDAS" not in card.split("---")[1]
+    assert not list(output.glob("**/pytorch_model*.bin"))  # weights are safetensors only

@@ -36,6 +36,7 @@ CACHE_FORMAT = 1
 ACTIVATIONS_FILE = "activations.npy"
 PROMPTS_FILE = "prompt_embeddings.npy"
 META_FILE = "meta.json"
+RUNTIME_CONFIG_KEYS = ("use_cache",)
 
 
 def _dataset_fingerprint(dataset) -> str:
@@ -48,7 +49,10 @@ def _dataset_fingerprint(dataset) -> str:
 def cache_key(model: CLIPSegForImageSegmentation, processor, dataset) -> str:
     """A digest of what the cached features depend on (config, CLIP weights, processor, rows)."""
     digest = hashlib.sha256(f"format {CACHE_FORMAT}".encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    config = model.config.to_dict()
+    for runtime_only in RUNTIME_CONFIG_KEYS:  # the Trainer flips these; the features do not change
+        config.pop(runtime_only, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(processor.image_processor.to_json_string().encode())
     for name, tensor in sorted(model.clip.state_dict().items()):
         digest.update(name.encode())

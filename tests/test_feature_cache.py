@@ -71,6 +71,18 @@ def test_cached_training_follows_the_pixel_path(tiny_config_dir, tiny_drywall_di
     assert json.loads((entries[0] / "meta.json").read_text())["rows"] == len(cached.train_dataset)
 
 
+def test_a_later_run_finds_the_cache(tiny_config_dir, tiny_drywall_dir, tmp_path):
+    _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path / "first", tmp_path / "cache", True)
+    (entry,) = list((tmp_path / "cache").iterdir())
+    built = (entry / "activations.npy").stat().st_mtime_ns
+    _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path / "second", tmp_path / "cache", True)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]
+    assert (entry / "activations.npy").stat().st_mtime_ns == built  # read, not rebuilt
+    # a key taken after the Trainer has set its runtime flags (use_cache=False) names the same entry
+    plain = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path / "plain", tmp_path / "cache", False)
+    assert cache_key(plain.model, plain.processing_class, plain.train_dataset.rows) == entry.name
+
+
 def test_cache_key_follows_weights_processor_and_rows(tiny_config_dir, tiny_drywall_dir, tmp_path):
     trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path / "out", tmp_path / "cache", False)
     model, processor = trainer.model, trainer.processing_class

@@ -20,6 +20,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPSegConfig, HfArgumentParser
 
@@ -142,8 +143,6 @@ def score_and_write(
     predictions: Predictions, split: datasets.Dataset, threshold: float, masks_dir: Path
 ) -> tuple[dict, dict, list[dict]]:
     """(tasks block, prompt_fidelity block, per-image records); writes every (image, prompt) mask PNG."""
-    from PIL import Image
-
     masks_dir.mkdir(parents=True, exist_ok=True)
     metric = {task: ForegroundIoU(keep_in_memory=True) for task in TASKS}
     fidelity = {task: {"other": [], "own": [], "iou": []} for task in TASKS}
@@ -181,8 +180,6 @@ def score_and_write(
 
 def figure_cases(records: list[dict], split: datasets.Dataset, masks_dir: Path, per_task: int) -> list[Case]:
     """The `per_task` best (highest IoU, largest target first) and worst cases of each task."""
-    from PIL import Image
-
     cases = []
     for task in TASKS:
         ranked = sorted((r for r in records if r["task"] == task), key=lambda r: (r["iou"], r["target_fraction"]))

@@ -23,6 +23,7 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from .collator import CLIPSegCollator
 from .evaluation import STATISTICS, image_statistics, native_probabilities, summarize
+from .inference import threshold_of
 from .losses import segmentation_loss
 from .modeling import DECODER_PREFIX, segmentation_logits, set_encoder_trainable, use_gradient_forward
 from .plotting import plot_training_curves
@@ -143,7 +144,7 @@ class CLIPSegTrainer(Trainer):
         """Per-image statistics at native resolution, gathered across processes, summarised per task."""
         model = self.model
         model.eval()
-        threshold = float(getattr(model.config, "segmentation_threshold", 0.5))
+        threshold = threshold_of(model.config)
         self.callback_handler.eval_dataloader = dataloader
         rows = []
         for inputs in dataloader:

@@ -216,4 +216,5 @@ def test_accelerate_launch_cli_leaves_a_loadable_model(tiny_config_dir, tiny_dry
     card = (output / "README.md").read_text()  # model_card.md rendered: metadata, hyperparameters, hardware
     assert "library_name: transformers" in card and "pipeline_tag: image-segmentation" in card
     assert "decoder_learning_rate" in card and "CPU" in card and "CIDAS" not in card.split("---")[1]
+    assert "trained from randomly initialised weights" in card  # --config_name: no pretrained base
     assert not list(output.glob("**/pytorch_model*.bin"))  # weights are safetensors only

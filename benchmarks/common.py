@@ -1,8 +1,11 @@
-"""What the benchmarks share: where ../shared is, and the dataset built from it."""
+"""What the benchmarks share: where ../shared is, the dataset built from it, a step clock."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -18,3 +21,13 @@ def shared_dataset_path(path: Path) -> str:
         build_dataset(cracks=[SHARED / "data" / "cracks"], joints=[SHARED / "data" / "drywall-join-detect"],
                       seed=0).save_to_disk(str(path))
     return str(path)
+
+
+class StepClock(TrainerCallback):
+    """Wall-clock time (`time.perf_counter`) at the end of every optimizer step."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())

@@ -34,10 +34,10 @@ from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import SHARED  # noqa: E402
 from clipseg_drywall.inference import SPEED_OPTIONS, Segmenter  # noqa: E402
 from clipseg_drywall.modeling import model_from_config  # noqa: E402
 
-SHARED = REPO.parent / "shared"
 PROMPTS = ["segment crack", "segment taping area"]
 
 

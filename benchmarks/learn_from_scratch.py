@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import SHARED, shared_dataset_path  # noqa: E402
+from benchmarks.common import SHARED, StepClock, shared_dataset_path  # noqa: E402
 from clipseg_drywall.collator import CLIPSegCollator, mask_array  # noqa: E402
 from clipseg_drywall.evaluation import image_statistics, predict_batch, summarize  # noqa: E402
 from clipseg_drywall.metrics import SegmentationScores  # noqa: E402
@@ -38,14 +38,6 @@ from clipseg_drywall.training import DataArguments, ModelArguments, build_traine
 from clipseg_drywall.trainer import CLIPSegTrainingArguments  # noqa: E402
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
-
-
-class StepClock(TrainerCallback):
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.time())
 
 
 class WallClock(TrainerCallback):

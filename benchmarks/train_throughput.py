@@ -26,25 +26,14 @@ import time
 from pathlib import Path
 
 import datasets
-from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import SHARED, shared_dataset_path  # noqa: E402
+from benchmarks.common import SHARED, StepClock, shared_dataset_path  # noqa: E402
 from clipseg_drywall.feature_cache import FeatureCache, build_feature_cache  # noqa: E402
 from clipseg_drywall.training import DataArguments, ModelArguments, build_trainer  # noqa: E402
 from clipseg_drywall.trainer import CLIPSegTrainingArguments  # noqa: E402
-
-
-class StepClock(TrainerCallback):
-    """Wall-clock time at the end of every optimizer step."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter())
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -37,6 +37,8 @@ def device_name(device: torch.device) -> str:
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if device.type == "mps":
+        return "mps (Apple silicon GPU)"
     return str(device)
 
 

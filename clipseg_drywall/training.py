@@ -8,18 +8,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import torch
 import transformers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, HfArgumentParser, set_seed
 
 from .collator import CLIPSegCollator, resize_images
 from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
+from .footprint import device_name
+from .model_card import write_model_card
 from .modeling import model_from_config
 from .trainer import CLIPSegTrainer, CLIPSegTrainingArguments
 
@@ -162,23 +162,13 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     return 0
 
 
-def hardware_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (cuda)"
-    if device.type == "mps":
-        return "Apple silicon GPU (mps)"
-    return f"CPU, {torch.get_num_threads()} threads ({platform.machine()})"
-
-
 def write_run_card(trainer: CLIPSegTrainer, model_args: ModelArguments, data_args: DataArguments) -> None:
     """Every argument of the run as `training_args.json`, then the model card (`model_card.md`) as README.md."""
-    from .model_card import write_model_card
-
     output_dir = Path(trainer.args.output_dir)
     arguments = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **trainer.args.to_dict()}
     if model_args.config_name:
         arguments["model_name_or_path"] = None  # not used: the weights started random from config_name
-    arguments["hardware"] = hardware_description(trainer.args.device)
+    arguments["hardware"] = device_name(trainer.args.device)
     arguments["num_processes"] = trainer.accelerator.num_processes
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str))
     write_model_card(output_dir)  # base model, hyperparameters and hardware from training_args.json

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .drywall_qa import build
+from .drywall_qa import build_layouts
 from .exports import ExportError
 from .hub import load_saved, push_to_hub, save_dataset, write_parquet
 from .stats import compute_statistics, format_statistics
@@ -21,13 +21,19 @@ def _parser() -> argparse.ArgumentParser:
     b = commands.add_parser("build", help="read Roboflow exports and save the dataset with save_to_disk")
     b.add_argument("--cracks", action="append", default=[], metavar="PATH", help="a crack export (repeatable)")
     b.add_argument("--joints", action="append", default=[], metavar="PATH", help="a drywall-joint export (repeatable)")
-    b.add_argument("--output", required=True, type=Path, help="where to save the DatasetDict (+ stats.json)")
+    b.add_argument("--output", required=True, type=Path,
+                   help="where to save the DatasetDict (+ stats.json): the source-disjoint layout with --split-by-source")
     b.add_argument("--seed", type=int, default=0, help="seed for train prompts and --split-by-source")
-    b.add_argument("--split-by-source", action="store_true", help="re-split train+valid so no source photo is on both sides")
+    b.add_argument("--split-by-source", action="store_true",
+                   help="re-split train+valid per task into train/validation/test so no source photo is in two "
+                        "splits; the export's own test split is kept as roboflow_test")
     b.add_argument("--validation-ratio", type=float, default=0.15, help="validation share with --split-by-source")
+    b.add_argument("--test-ratio", type=float, default=0.15, help="test share with --split-by-source")
     b.add_argument("--hash-distance", type=int, default=4, help="max perceptual-hash bit distance counted as a copy")
-    b.add_argument("--parquet-dir", type=Path, help="also write the Hub layout (Parquet + README.md card) here")
-    b.add_argument("--push-to-hub", metavar="REPO_ID", help="also publish as Parquet with a dataset card")
+    b.add_argument("--parquet-dir", type=Path,
+                   help="also write the Hub layout (Parquet + README.md card) here; with --split-by-source it holds "
+                        "both configurations (default: official splits, 'source-disjoint')")
+    b.add_argument("--push-to-hub", metavar="REPO_ID", help="also publish the Hub layout (as --parquet-dir)")
 
     p = commands.add_parser("push", help="publish a dataset saved by `build`")
     p.add_argument("dataset", type=Path, help="the --output folder of a build")
@@ -42,27 +48,28 @@ def _build(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     try:
-        dataset, report = build(
+        layouts, report = build_layouts(
             args.cracks,
             args.joints,
             seed=args.seed,
             split_by_source=args.split_by_source,
             validation_ratio=args.validation_ratio,
             hash_distance=args.hash_distance,
+            test_ratio=args.test_ratio,
         )
-    except ExportError as error:
+    except (ExportError, ValueError) as error:  # ValueError: split ratios that leave no train images
         print(f"error: {error}", file=sys.stderr)
         return 2
     stats = compute_statistics(report)
     stats["build_seconds"] = round(time.perf_counter() - started, 1)
-    save_dataset(dataset, stats, args.output)
+    save_dataset(layouts[report.layout], stats, args.output)  # train.py reads the asked-for layout
     print(format_statistics(stats))
-    print(f"saved {args.output} ({stats['build_seconds']} s); statistics in {args.output / 'stats.json'}")
+    print(f"saved {args.output} ({report.layout} layout, {stats['build_seconds']} s); statistics in {args.output / 'stats.json'}")
     if args.parquet_dir:
-        for path in write_parquet(dataset, stats, args.parquet_dir):
+        for path in write_parquet(layouts, stats, args.parquet_dir, repo_id=args.push_to_hub or "org/drywall-qa"):
             print(f"wrote {path}")
     if args.push_to_hub:
-        push_to_hub(dataset, stats, args.push_to_hub)
+        push_to_hub(layouts, stats, args.push_to_hub)
     return 0
 
 
@@ -71,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         return _build(args)
     dataset, stats = load_saved(args.dataset)
-    push_to_hub(dataset, stats, args.repo_id, private=args.private)
+    try:
+        push_to_hub(dataset, stats, args.repo_id, private=args.private)
+    except ValueError as error:  # a source-disjoint-only save cannot give the default configuration
+        print(f"error: {args.dataset}: {error}", file=sys.stderr)
+        return 2
     print(json.dumps({"pushed": args.repo_id, "rows": stats["rows"]}))
     return 0
 

@@ -7,6 +7,10 @@
 
 Which export holds which task is said by the caller (`cracks=` / `joints=`), never guessed from
 class names. Every file that does not become a row is reported in `builder.report.skipped`.
+
+Two layouts come from one scan (each image decoded once): the exports' own splits (`OFFICIAL`)
+and, with `split_by_source`, source-disjoint train / validation / test / roboflow_test splits
+(`SOURCE_DISJOINT`, see `splits.py`). `build_layouts` returns both, `build` the one asked for.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -26,17 +30,20 @@ from . import leakage
 from .exports import Annotation, Skip, read_export, source_id
 from .features import FEATURES
 from .rasterize import ImageReadError, png_bytes, rasterize
+from .splits import OFFICIAL, SOURCE_DISJOINT, SOURCE_DISJOINT_SPLITS, Photos, SplitOptions, source_disjoint_splits
 
 CITATION = "Roboflow Universe projects fyp-ny1jt/cracks-3ii36 and objectdetect-pu6rn/drywall-join-detect (CC BY 4.0)"
 SPLITS = ("train", "validation", "test")
+Layouts = dict[str, datasets.DatasetDict]  # configuration name (OFFICIAL, SOURCE_DISJOINT) -> splits
 
 
 @dataclass
 class DrywallQAConfig(datasets.BuilderConfig):
     """Which exports to read and how to split them.
 
-    split_by_source: pool train + validation of each task and re-split them so that no source
-        photo (same `source_id`, or a perceptual-hash copy) is on both sides.
+    split_by_source: also work out the source-disjoint layout: train + validation of each task
+        pooled and cut into train / validation / test (`validation_ratio`, `test_ratio`) so that
+        no source photo (same `source_id`, or a perceptual-hash copy) is on two sides of any split.
     """
 
     cracks: tuple[str, ...] = ()
@@ -45,6 +52,10 @@ class DrywallQAConfig(datasets.BuilderConfig):
     split_by_source: bool = False
     validation_ratio: float = 0.15
     hash_distance: int = 4
+    test_ratio: float = 0.15
+
+    def split_options(self) -> SplitOptions:
+        return SplitOptions(self.seed, self.validation_ratio, self.test_ratio, self.hash_distance)
 
 
 @dataclass
@@ -54,6 +65,7 @@ class RowInfo:
     prompt: str
     objects: int
     coverage: float
+    path: str = ""  # the image file: ties a row of one layout to the same row in the other
 
 
 @dataclass
@@ -66,7 +78,22 @@ class BuildReport:
     skipped: list[Skip] = field(default_factory=list)
     invalid_objects: list[Skip] = field(default_factory=list)
     leakage: dict[str, dict] = field(default_factory=dict)
-    leakage_after_resplit: dict[str, dict] = field(default_factory=dict)
+    leakage_after_resplit: dict[str, dict] = field(default_factory=dict)  # task -> "b vs a" -> counts
+    # The source-disjoint layout: which layout `build` returned, the split of every image file,
+    # its rows, how the export's test split was kept, and the split's inputs (to re-run it).
+    layout: str = OFFICIAL
+    split_options: dict = field(default_factory=dict)
+    source_split: dict[str, str] = field(default_factory=dict)
+    source_disjoint_rows: list[RowInfo] = field(default_factory=list)
+    kept_test: dict[str, dict] = field(default_factory=dict)
+    photos: dict[str, Photos] = field(default_factory=dict)
+
+    @property
+    def layouts(self) -> list[str]:
+        return [OFFICIAL, SOURCE_DISJOINT] if self.source_split else [OFFICIAL]
+
+    def rows_of(self, layout: str) -> list[RowInfo]:
+        return self.source_disjoint_rows if layout == SOURCE_DISJOINT else self.rows
 
 
 def _count_files(root: Path) -> int:
@@ -103,48 +130,30 @@ class DrywallQA(datasets.GeneratorBasedBuilder):
         return items
 
     def _check_leakage(self, items: list[tuple[str, Annotation]]) -> None:
-        """Leakage per task, and the re-split when asked for (it needs the same hashes)."""
+        """Leakage per task, and the source-disjoint split when asked for (it needs the same hashes)."""
         for task in ("crack", "taping"):
             members = [a for t, a in items if t == task]
             if not members:
                 continue
             hashes = leakage.hash_images([a.image_path for a in members], desc=f"hashing {task} images")
-            sources = [source_id(a.image_id) for a in members]
+            photos = Photos([a.split for a in members], [source_id(a.image_id) for a in members], hashes)
             self.report.leakage[task] = leakage.leakage_report(
-                [a.split for a in members], sources, hashes, self.config.hash_distance
+                photos.official, photos.sources, hashes, self.config.hash_distance
             )
             if self.config.split_by_source:
-                self._resplit(members, sources, hashes)
-                self.report.leakage_after_resplit[task] = leakage.leakage_report(
-                    [a.split for a in members], sources, hashes, self.config.hash_distance
-                )
+                self._split_by_source(task, members, photos)
 
-    def _resplit(self, members: list[Annotation], sources: list[str], hashes: list) -> None:
-        pool = [i for i, a in enumerate(members) if a.split in ("train", "validation")]
-        test = [i for i, a in enumerate(members) if a.split == "test"]
-        pool_hashes = [hashes[i] for i in pool]
-        links = leakage.near_duplicate_pairs(pool_hashes, pool_hashes, self.config.hash_distance)
-        links = [(pool[a], pool[b]) for a, b in links if a != b]
-        test_links = leakage.near_duplicate_pairs(pool_hashes, [hashes[i] for i in test], self.config.hash_distance)
-        links += [(pool[a], test[b]) for a, b in test_links]
-        groups = leakage.group_ids(sources, links)
-        test_groups = {groups[i] for i in test}
-        pool_groups = sorted({groups[i] for i in pool} - test_groups)
-        random.Random(self.config.seed).shuffle(pool_groups)
-        target = round(self.config.validation_ratio * len(pool))
-        size = {g: 0 for g in pool_groups}
-        for i in pool:
-            if groups[i] in size:
-                size[groups[i]] += 1
-        validation, taken = set(), 0
-        for group in pool_groups:
-            if taken >= target:
-                break
-            validation.add(group)
-            taken += size[group]
-        for i in pool:
-            # A photo that also sits in test stays in train rather than leak into validation twice.
-            members[i].split = "validation" if groups[i] in validation else "train"
+    def _split_by_source(self, task: str, members: list[Annotation], photos: Photos) -> None:
+        options = self.config.split_options()
+        splits, kept = source_disjoint_splits(photos, options)
+        self.report.split_options = asdict(options)
+        self.report.source_split.update({str(a.image_path): split for a, split in zip(members, splits)})
+        self.report.photos[task] = photos
+        if kept["images"]:
+            self.report.kept_test[task] = kept
+        self.report.leakage_after_resplit[task] = leakage.pairwise_leakage(
+            splits, photos.sources, photos.hashes, options.hash_distance, SOURCE_DISJOINT_SPLITS
+        )
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         items = self._scan()
@@ -178,9 +187,9 @@ class DrywallQA(datasets.GeneratorBasedBuilder):
         except ImageReadError as error:
             self.report.skipped.append(Skip(annotation.image_path, str(error).split(": ", 1)[-1]))
             return None
-        prompt = sample_prompt(task, rng) if split == "train" else canonical_prompt(task)
+        prompt = _prompt(task, split, rng)
         coverage = float((np.asarray(mask) > 0).mean())
-        self.report.rows.append(RowInfo(split, task, prompt, len(annotation.shapes), coverage))
+        self.report.rows.append(RowInfo(split, task, prompt, len(annotation.shapes), coverage, str(annotation.image_path)))
         return {
             "image": {"bytes": data if data is not None else png_bytes(image), "path": None},
             "mask": {"bytes": png_bytes(mask), "path": None},
@@ -191,7 +200,36 @@ class DrywallQA(datasets.GeneratorBasedBuilder):
         }
 
 
-def build(
+def _prompt(task: str, split: str, rng: random.Random) -> str:
+    """Train rows get a seeded synonym (prompt augmentation); evaluation rows the canonical prompt."""
+    return sample_prompt(task, rng) if split == "train" else canonical_prompt(task)
+
+
+def _replace_prompts(rows: datasets.Dataset, prompts: list[str]) -> datasets.Dataset:
+    """`rows` with a new prompt column, at its place in the schema (Arrow columns, no image decoding)."""
+    swapped = rows.remove_columns("prompt").add_column("prompt", prompts, feature=FEATURES["prompt"])
+    return swapped.select_columns(list(FEATURES))
+
+
+def _source_disjoint(official: datasets.DatasetDict, report: BuildReport, seed: int) -> datasets.DatasetDict:
+    """The source-disjoint layout made from the official rows: selected, not decoded again."""
+    pooled = datasets.concatenate_datasets([official[split] for split in official])
+    # report.rows holds each split's rows in the order they were generated, i.e. dataset order.
+    infos = [row for split in official for row in report.rows if row.split == split]
+    targets = [report.source_split[row.path] for row in infos]
+    layout = {}
+    for split in SOURCE_DISJOINT_SPLITS:
+        picked = sorted((k for k, t in enumerate(targets) if t == split), key=lambda k: (infos[k].task, infos[k].path))
+        if not picked:
+            continue
+        rng = random.Random(f"{seed}-{split}")  # as _generate_examples: the same seed, the same prompts
+        prompts = [_prompt(infos[k].task, split, rng) for k in picked]
+        layout[split] = _replace_prompts(pooled.select(picked).flatten_indices(keep_in_memory=True), prompts)
+        report.source_disjoint_rows += [replace(infos[k], split=split, prompt=p) for k, p in zip(picked, prompts)]
+    return datasets.DatasetDict(layout)
+
+
+def build_layouts(
     cracks: Sequence[str | Path] = (),
     joints: Sequence[str | Path] = (),
     seed: int = 0,
@@ -199,8 +237,11 @@ def build(
     validation_ratio: float = 0.15,
     hash_distance: int = 4,
     cache_dir: str | Path | None = None,
-) -> tuple[datasets.DatasetDict, BuildReport]:
-    """Build the DatasetDict from the given exports, with the report of what was seen and skipped."""
+    test_ratio: float = 0.15,
+) -> tuple[Layouts, BuildReport]:
+    """Both layouts from one scan: {OFFICIAL: ..., SOURCE_DISJOINT: ...} (the latter with `split_by_source`)."""
+    if split_by_source:
+        SplitOptions(seed, validation_ratio, test_ratio, hash_distance).check()  # fail before the scan
     with tempfile.TemporaryDirectory(prefix="drywall-qa-") as scratch:
         builder = DrywallQA(
             cache_dir=str(cache_dir or scratch),
@@ -210,12 +251,34 @@ def build(
             split_by_source=split_by_source,
             validation_ratio=validation_ratio,
             hash_distance=hash_distance,
+            test_ratio=test_ratio,
         )
         builder.download_and_prepare(download_mode="force_redownload")
         dataset = builder.as_dataset()
         # Detach from the scratch cache: the caller gets an in-memory copy it can save anywhere.
         dataset = datasets.DatasetDict({name: split.flatten_indices(keep_in_memory=True) for name, split in dataset.items()})
-    return dataset, builder.report
+    layouts, report = {OFFICIAL: dataset}, builder.report
+    if split_by_source:
+        layouts[SOURCE_DISJOINT] = _source_disjoint(dataset, report, seed)
+        report.layout = SOURCE_DISJOINT
+    return layouts, report
+
+
+def build(
+    cracks: Sequence[str | Path] = (),
+    joints: Sequence[str | Path] = (),
+    seed: int = 0,
+    split_by_source: bool = False,
+    validation_ratio: float = 0.15,
+    hash_distance: int = 4,
+    cache_dir: str | Path | None = None,
+    test_ratio: float = 0.15,
+) -> tuple[datasets.DatasetDict, BuildReport]:
+    """The DatasetDict of the asked-for layout (source-disjoint with `split_by_source`), with the build report."""
+    layouts, report = build_layouts(
+        cracks, joints, seed, split_by_source, validation_ratio, hash_distance, cache_dir, test_ratio
+    )
+    return layouts[report.layout], report
 
 
 def build_dataset(cracks: Sequence[str | Path] = (), joints: Sequence[str | Path] = (), **options) -> datasets.DatasetDict:
@@ -223,4 +286,4 @@ def build_dataset(cracks: Sequence[str | Path] = (), joints: Sequence[str | Path
     return build(cracks, joints, **options)[0]
 
 
-__all__ = ["DrywallQA", "DrywallQAConfig", "BuildReport", "build", "build_dataset"]
+__all__ = ["DrywallQA", "DrywallQAConfig", "BuildReport", "Layouts", "build", "build_dataset", "build_layouts"]

@@ -63,6 +63,8 @@ def hash_images(paths: Sequence[Path], desc: str = "hashing images") -> list[np.
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2: ~80x faster, and all-pairs grouping runs it n times
+        return np.bitwise_count(values)
     bytes_view = values.view(np.uint8).reshape(*values.shape, 8)
     return np.unpackbits(bytes_view, axis=-1).sum(axis=-1)
 
@@ -130,4 +132,37 @@ def leakage_report(
             "hash_only_near_duplicates": len(by_hash - set(by_name)),
             "leaked_either_way": len(by_hash | set(by_name)),
         }
+    return report
+
+
+def linked_by_hash(a: Sequence[int], b: Sequence[int], hashes: Sequence[np.ndarray | None], max_distance: int) -> set[int]:
+    """Members of `b` that match some member of `a` by hash, checked in both directions."""
+    forward = near_duplicate_pairs([hashes[i] for i in a], [hashes[j] for j in b], max_distance)
+    backward = near_duplicate_pairs([hashes[j] for j in b], [hashes[i] for i in a], max_distance)
+    return {b[j] for _, j in forward} | {b[j] for j, _ in backward}
+
+
+def pairwise_leakage(
+    split_of: Sequence[str],
+    source_ids: Sequence[str],
+    hashes: Sequence[np.ndarray | None],
+    max_distance: int,
+    order: Sequence[str] = (),
+) -> dict[str, dict[str, int]]:
+    """For every pair of splits ("b vs a", a listed first in `order`): the images of b whose photo is in a."""
+    present = [s for s in order if s in split_of] + sorted(set(split_of) - set(order))
+    members = {s: [i for i, x in enumerate(split_of) if x == s] for s in present}
+    report = {}
+    for k, a in enumerate(present):
+        sources_a = {source_ids[i] for i in members[a]}
+        for b in present[k + 1 :]:
+            by_name = {i for i in members[b] if source_ids[i] in sources_a}
+            by_hash = linked_by_hash(members[a], members[b], hashes, max_distance)
+            report[f"{b} vs {a}"] = {
+                "images": len(members[b]),
+                "shared_source_id": len(by_name),
+                "hash_near_duplicates": len(by_hash),
+                "hash_only_near_duplicates": len(by_hash - by_name),
+                "leaked_either_way": len(by_hash | by_name),
+            }
     return report

@@ -6,7 +6,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .drywall_qa import BuildReport
+from .drywall_qa import BuildReport, RowInfo
+from .splits import KEPT_TEST
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -14,13 +15,12 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()), "max": float(array.max())}
 
 
-def compute_statistics(report: BuildReport) -> dict:
+def _split_statistics(rows: list[RowInfo]) -> dict[str, dict[str, dict]]:
     by_split_task: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for row in report.rows:
+    for row in rows:
         by_split_task[row.split][row.task].append(row)
-    splits = {}
-    for split, tasks in by_split_task.items():
-        splits[split] = {
+    return {
+        split: {
             task: {
                 "images": len(rows),
                 "empty_masks": sum(r.coverage == 0 for r in rows),
@@ -31,10 +31,39 @@ def compute_statistics(report: BuildReport) -> dict:
             }
             for task, rows in sorted(tasks.items())
         }
+        for split, tasks in by_split_task.items()
+    }
+
+
+def _configuration(rows: list[RowInfo]) -> dict:
+    splits = _split_statistics(rows)
+    sizes = {split: sum(s["images"] for s in tasks.values()) for split, tasks in splits.items()}
+    return {"rows": len(rows), "split_sizes": sizes, "splits": splits}
+
+
+def _split_check(report: BuildReport) -> dict | None:
+    """The source-disjoint split's settings, how the export's test split was kept, and the leak total."""
+    if not report.source_split:
+        return None
+    pairs = [leak for per_pair in report.leakage_after_resplit.values() for leak in per_pair.values()]
+    return {
+        "options": report.split_options,
+        "kept_test_split": KEPT_TEST,
+        "kept_test": report.kept_test,
+        "pairs_checked": len(pairs),
+        "leaked_images": sum(leak["leaked_either_way"] for leak in pairs),
+    }
+
+
+def compute_statistics(report: BuildReport) -> dict:
+    """Statistics of the layout `build` returned ("splits"), with the split counts of every layout built."""
+    configurations = {name: _configuration(report.rows_of(name)) for name in report.layouts}
     reasons = Counter(skip.reason.split(":")[0] for skip in report.skipped)
     return {
-        "rows": len(report.rows),
-        "splits": splits,
+        "rows": len(report.rows_of(report.layout)),
+        "layout": report.layout,
+        "splits": configurations[report.layout]["splits"],
+        "configurations": configurations,
         "formats": report.formats,
         "files_seen": report.files_seen,
         "skipped": {
@@ -45,23 +74,61 @@ def compute_statistics(report: BuildReport) -> dict:
         "invalid_objects": [{"path": str(s.path), "reason": s.reason} for s in report.invalid_objects],
         "leakage": report.leakage,
         "leakage_after_resplit": report.leakage_after_resplit,
+        "source_disjoint": _split_check(report),
     }
 
 
-def format_statistics(stats: dict, max_files: int | None = None) -> str:
-    """The human report, in the manner of the original study's dataset summary."""
-    lines = [f"rows: {stats['rows']}  (files seen: {stats['files_seen']})"]
-    for split, tasks in stats["splits"].items():
+def _split_lines(splits: dict) -> list[str]:
+    lines = []
+    for split, tasks in splits.items():
         for task, s in tasks.items():
             coverage, objects = s["mask_coverage"], s["objects_per_image"]
             lines.append(
-                f"{split:>10} {task:<7} images {s['images']:>5}  empty masks {s['empty_masks']:>3}  "
+                f"{split:>13} {task:<7} images {s['images']:>5}  empty masks {s['empty_masks']:>3}  "
                 f"coverage {100 * coverage['mean']:.2f}% ± {100 * coverage['std']:.2f} "
                 f"[{100 * coverage['min']:.2f}, {100 * coverage['max']:.2f}]  "
                 f"objects/image {objects['mean']:.2f} (max {objects['max']:.0f})"
             )
             prompts = ", ".join(f"{p!r}: {n}" for p, n in s["prompts"].items())
-            lines.append(f"{'':>18} prompts {prompts}")
+            lines.append(f"{'':>21} prompts {prompts}")
+    return lines
+
+
+def _leakage_lines(stats: dict) -> list[str]:
+    lines = []
+    for task, per_split in stats["leakage"].items():
+        for split, leak in per_split.items():
+            lines.append(
+                f"leakage vs train: {task} {split}: {leak['leaked_either_way']} of {leak['images']} images share their "
+                f"photo with train ({leak['shared_source_id']} by source name, "
+                f"{leak['hash_only_near_duplicates']} more by perceptual hash)"
+            )
+    for task, kept in ((stats.get("source_disjoint") or {}).get("kept_test") or {}).items():
+        lines.append(
+            f"{KEPT_TEST}: {task}: the export's {kept['images']} test images share a source or hash with "
+            f"{kept['sharing_source_or_hash']} train/validation images; their linked groups "
+            f"({kept['moved_from_train']} from train, {kept['moved_from_validation']} from validation) "
+            f"moved to {KEPT_TEST} so that no photo is in two splits"
+        )
+    for task, per_pair in stats.get("leakage_after_resplit", {}).items():
+        for pair, leak in per_pair.items():
+            lines.append(
+                f"leakage after --split-by-source: {task} {pair}: {leak['leaked_either_way']} of {leak['images']} "
+                f"images share their photo ({leak['shared_source_id']} by source name, "
+                f"{leak['hash_only_near_duplicates']} more by perceptual hash)"
+            )
+    return lines
+
+
+def format_statistics(stats: dict, max_files: int | None = None) -> str:
+    """The human report, in the manner of the original study's dataset summary."""
+    lines = [f"rows: {stats['rows']}  (files seen: {stats['files_seen']})"]
+    configurations = stats.get("configurations") or {stats.get("layout", "default"): {"splits": stats["splits"]}}
+    for name, configuration in configurations.items():
+        if len(configurations) > 1:
+            sizes = ", ".join(f"{split} {n}" for split, n in configuration["split_sizes"].items())
+            lines.append(f"configuration {name!r}: {sizes}")
+        lines += _split_lines(configuration["splits"])
     skipped = stats["skipped"]
     lines.append(f"skipped files: {skipped['count']}")
     lines += [f"  {reason}: {n}" for reason, n in skipped["by_reason"].items()]
@@ -69,12 +136,4 @@ def format_statistics(stats: dict, max_files: int | None = None) -> str:
     if stats["invalid_objects"]:
         lines.append(f"invalid objects dropped (their images kept): {len(stats['invalid_objects'])}")
         lines += [f"    {f['path']}: {f['reason']}" for f in stats["invalid_objects"][:max_files]]
-    for title, key in (("leakage vs train", "leakage"), ("leakage after --split-by-source", "leakage_after_resplit")):
-        for task, per_split in stats[key].items():
-            for split, leak in per_split.items():
-                lines.append(
-                    f"{title}: {task} {split}: {leak['leaked_either_way']} of {leak['images']} images share their "
-                    f"photo with train ({leak['shared_source_id']} by source name, "
-                    f"{leak['hash_only_near_duplicates']} more by perceptual hash)"
-                )
-    return "\n".join(lines)
+    return "\n".join(lines + _leakage_lines(stats))

@@ -93,6 +93,16 @@ def shared_build():
 
 
 @pytest.fixture(scope="session")
+def shared_layouts():
+    """Both layouts of the real exports from one scan, `--split-by-source` with seed 0, and the report (~30 s)."""
+    if not DATA.is_dir():
+        pytest.skip(f"real data not found in {DATA}")
+    from data_builders.drywall_qa import build_layouts
+
+    return build_layouts(cracks=[CRACKS], joints=[JOINTS], split_by_source=True, seed=0)
+
+
+@pytest.fixture(scope="session")
 def shared_dataset(shared_build):
     """The DatasetDict built from ../shared/data (train 2492, validation 403, test 4 rows)."""
     return shared_build[0]

@@ -136,15 +136,20 @@ def test_statistics_agree_with_the_rows(shared_build):
 
 
 def test_split_by_source_removes_the_leak():
-    dataset, report = build(joints=[JOINTS], split_by_source=True, validation_ratio=0.2, seed=3)
-    train, validation = set(dataset["train"]["source_id"]), set(dataset["validation"]["source_id"])
-    assert not train & validation
-    assert len(dataset["train"]) + len(dataset["validation"]) == 1022
+    dataset, report = build(joints=[JOINTS], split_by_source=True, validation_ratio=0.2, test_ratio=0.1, seed=3)
+    sources = {split: set(rows["source_id"]) for split, rows in dataset.items()}
+    assert list(sources) == ["train", "validation", "test"]  # the joint export has no test split to keep
+    assert not sources["train"] & sources["validation"] and not sources["train"] & sources["test"]
+    assert not sources["validation"] & sources["test"]
+    assert sum(len(rows) for rows in dataset.values()) == 1022
     assert 0.15 <= len(dataset["validation"]) / 1022 <= 0.25
-    after = report.leakage_after_resplit["taping"]["validation"]
-    assert after["leaked_either_way"] == 0
-    again = build(joints=[JOINTS], split_by_source=True, validation_ratio=0.2, seed=3)[0]
+    assert 0.07 <= len(dataset["test"]) / 1022 <= 0.13
+    after = report.leakage_after_resplit["taping"]
+    assert set(after) == {"validation vs train", "test vs train", "test vs validation"}
+    assert all(leak["leaked_either_way"] == 0 for leak in after.values())
+    again = build(joints=[JOINTS], split_by_source=True, validation_ratio=0.2, test_ratio=0.1, seed=3)[0]
     assert again["validation"]["image_id"] == dataset["validation"]["image_id"]
+    assert again["test"]["image_id"] == dataset["test"]["image_id"]
 
 
 def test_parquet_and_card_load_back_offline(shared_build, tmp_path):

@@ -18,35 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from data_builders.rasterize import to_rgb
-
-from .modeling import decode, text_embeddings, upsample_logits, vision_activations
-
-DEFAULT_THRESHOLD = 0.5
-ImageInput = Image.Image | np.ndarray | str | Path
-
-
-class ImageLoadError(ValueError):
-    """An input that is not a readable image (the message names the file)."""
-
-
-def load_image(image: ImageInput) -> Image.Image:
-    """RGB image as a viewer shows it: EXIF orientation applied, any mode (RGBA, L, P, I;16, ...) converted."""
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()  # decode now: a truncated file fails here, with its name
-                return to_rgb(ImageOps.exif_transpose(opened))
-        except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
-            raise ImageLoadError(f"{image}: not a readable image ({error}); pass a JPEG/PNG/TIFF/... file") from error
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    elif not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL image, a numpy array or a path, got {type(image).__name__}")
-    return to_rgb(ImageOps.exif_transpose(image))
+from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
+from .modeling import decode, native_probabilities, text_embeddings, threshold_of, vision_activations
 
 
 def prompt_slug(prompt: str) -> str:
@@ -60,12 +36,6 @@ def prompt_slug(prompt: str) -> str:
 def mask_file_name(image_name: str | Path, prompt: str) -> str:
     """`<image stem>__<prompt slug>.png`: the name every written mask has (CLI and evaluation)."""
     return f"{Path(image_name).stem}__{prompt_slug(prompt)}.png"
-
-
-def threshold_of(config) -> float:
-    """The decision threshold saved in a model config (`evaluate.py` calibrates it), 0.5 if absent."""
-    value = getattr(config, "segmentation_threshold", None)
-    return DEFAULT_THRESHOLD if value is None else float(value)
 
 
 SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
@@ -181,11 +151,6 @@ class Segmenter:
         logits = decode(self.model, pairs, conditional.repeat(n_images, 1))
         return logits.reshape(n_images, n_prompts, *logits.shape[-2:])
 
-    @staticmethod
-    def native_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(P, height, width) probabilities of one image's (P, h, w) logits; `size` is PIL's (width, height)."""
-        return upsample_logits(logits.float(), (size[1], size[0])).sigmoid()
-
     def iter_segment(
         self,
         images: Iterable[ImageInput],
@@ -211,7 +176,7 @@ class Segmenter:
     def _segment_batch(self, images, prompts, threshold, return_probabilities) -> Iterator[Segmentation]:
         logits = self.logits(images, prompts)
         for image, image_logits in zip(images, logits):
-            probabilities = self.native_probabilities(image_logits, image.size)
+            probabilities = native_probabilities(image_logits, (image.height, image.width))
             masks = (probabilities > threshold).to(torch.uint8).mul_(255).cpu().numpy()
             yield Segmentation(
                 size=image.size,

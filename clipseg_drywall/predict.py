@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .inference import SPEED_OPTIONS, ImageLoadError, Segmenter, load_image, mask_file_name, prompt_slug
+from .cli import ArgumentParser
+from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
+from .inference import SPEED_OPTIONS, Segmenter, mask_file_name, prompt_slug
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 OVERLAY_COLOUR = (255, 0, 0)
 OVERLAY_ALPHA = 0.5
 
@@ -99,7 +100,7 @@ def predict(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clipseg_drywall.predict", description=__doc__,
+    parser = ArgumentParser(prog="python -m clipseg_drywall.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     parser.add_argument("--model", required=True, help="checkpoint directory or Hub id")

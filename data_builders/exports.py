@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lxml import etree
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from clipseg_drywall.images import IMAGE_SUFFIXES
+
 SPLIT_NAMES = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
 COCO_FILE = "_annotations.coco.json"
 

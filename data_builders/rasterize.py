@@ -20,50 +20,25 @@ is rotated (`ImageOps.exif_transpose`) before drawing.
 from __future__ import annotations
 
 import io
-import numpy as np
+
 from PIL import Image, ImageDraw, ImageOps
+
+from clipseg_drywall.images import EXIF_ORIENTATION, ImageLoadError, read_image_file, to_rgb
 
 from .exports import Annotation, Shape
 
-EXIF_ORIENTATION = 0x0112
+__all__ = ["EXIF_ORIENTATION", "ImageReadError", "draw_mask", "load_annotated_image", "png_bytes", "rasterize", "to_rgb"]
+
+ImageReadError = ImageLoadError  # the builder's name for it: an image file the build skips
 
 
-class ImageReadError(ValueError):
-    pass
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for any mode Pillow opens: L, LA, P, RGBA, CMYK, 16-bit and 32-bit integer greyscale."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # Pillow's convert("L") clips 16-bit values at 255; scale the full range instead.
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        return Image.fromarray(np.round(values * (255.0 / top)).clip(0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.round(values.clip(0, 1) * 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels over white, as an image viewer shows them.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(annotation: Annotation) -> tuple[Image.Image, bytes | None]:
+def load_annotated_image(annotation: Annotation) -> tuple[Image.Image, bytes | None]:
     """The decoded RGB image on the grid the annotation refers to, and the file's bytes when they
     can be stored unchanged (RGB, no orientation tag): no re-encoding, no JPEG generation loss."""
-    path = annotation.image_path
-    try:
-        data = path.read_bytes()
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode fully: a truncated file fails here, not in training
-    except (OSError, Image.DecompressionBombError, SyntaxError) as error:
-        raise ImageReadError(f"{path}: unreadable image ({error})") from error
+    image, data = read_image_file(annotation.image_path)
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    if orientation != 1 and _annotated_on_rotated_view(annotation, image, orientation):
+    rotated = orientation != 1 and _annotated_on_rotated_view(annotation, image, orientation)
+    if rotated:
         image = ImageOps.exif_transpose(image)
     keep_bytes = image.mode == "RGB" and orientation == 1 and image.format in ("JPEG", "PNG")
     return to_rgb(image), (data if keep_bytes else None)
@@ -107,6 +82,6 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def rasterize(annotation: Annotation) -> tuple[Image.Image, bytes | None, Image.Image]:
     """(RGB image, its original bytes if reusable, mask) for one annotation."""
-    image, data = load_image(annotation)
+    image, data = load_annotated_image(annotation)
     return image, data, draw_mask(annotation.shapes, image.size, annotation.normalized)
 

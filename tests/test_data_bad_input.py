@@ -90,7 +90,7 @@ def test_every_bad_file_is_reported_and_totals_add_up(bad_voc_export):
     assert reasons["malformed.xml"].startswith("malformed XML")
     assert "'gone.jpg'" in reasons["orphan_xml.xml"] and "missing" in reasons["orphan_xml.xml"]
     assert reasons["no_annotation.jpg"] == "image has no annotation file"
-    assert reasons["truncated.jpg"].startswith("unreadable image")
+    assert reasons["truncated.jpg"].startswith("not a readable image")
     assert "path components" in reasons["escape.xml"]
     assert "fewer than 3" in reasons["two_points.jpg"]  # its only object was invalid
     invalid = {Path(s.path).name: s.reason for s in report.invalid_objects}

@@ -1,6 +1,7 @@
 """Evaluate a CLIPSeg checkpoint: `python evaluate.py --model_path OUT --dataset_path DATA --output_dir EVAL`.
 
-Arguments: `EvaluationArguments` in `clipseg_drywall/model_evaluation.py` (`python evaluate.py --help`).
+Arguments: `EvaluationArguments` in `clipseg_drywall/arguments.py` (`python evaluate.py --help`); the job is
+`clipseg_drywall/run_evaluation.py` (also installed as `clipseg-drywall-evaluate`).
 Writes EVAL/metrics.json, EVAL/masks/<image stem>__<prompt slug>.png and EVAL/best_worst.png; on the
 validation split the best threshold of a 0.05-0.95 sweep goes into the model's config.json.
 
@@ -27,6 +28,6 @@ if __name__ == "evaluate":  # imported as the library's name, not run as a scrip
     sys.modules["evaluate"] = _library  # before executing: the library's relative imports look it up
     _spec.loader.exec_module(_library)
 elif __name__ == "__main__":
-    from clipseg_drywall.model_evaluation import main
+    from clipseg_drywall.run_evaluation import main
 
     sys.exit(main())

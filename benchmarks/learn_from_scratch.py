@@ -2,9 +2,9 @@
 
 Trains `configs/clipseg-small` (random init, both encoders trained) on the drywall data for
 `--minutes`, then prints per-task validation IoU / Dice at native resolution (threshold 0.5 and
-the threshold calibrated on training images), pixel AUROC, prompt fidelity (foreground predicted
-under the other task's prompt) and the image-independent baselines (all-zero, all-one, and the
-train-set mean mask thresholded on train).
+the threshold calibrated on training images), prompt fidelity (foreground predicted under the other
+task's prompt) and the image-independent baselines (all-zero, all-one, and the train-set mean mask
+thresholded on train). Scores come from `clipseg_drywall.evaluation`, the package's scoring path.
 
     python benchmarks/learn_from_scratch.py --minutes 40            # builds ../shared/data if needed
     python benchmarks/learn_from_scratch.py --dataset_path data/drywall-qa --minutes 20
@@ -23,21 +23,18 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import SHARED, StepClock, shared_dataset_path  # noqa: E402
+from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments  # noqa: E402
 from clipseg_drywall.collator import CLIPSegCollator, mask_array  # noqa: E402
-from clipseg_drywall.evaluation import image_statistics, predict_batch, summarize  # noqa: E402
-from clipseg_drywall.metrics import SegmentationScores  # noqa: E402
+from clipseg_drywall.evaluation import SWEEP, evaluate_rows, task_scores  # noqa: E402
+from clipseg_drywall.metrics import mask_counts, scores_from_counts  # noqa: E402
 from clipseg_drywall.prompts import TASKS  # noqa: E402
-from clipseg_drywall.training import DataArguments, ModelArguments, build_trainer, write_run_card  # noqa: E402
-from clipseg_drywall.trainer import CLIPSegTrainingArguments  # noqa: E402
-
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+from clipseg_drywall.run_training import build_trainer, write_run_card  # noqa: E402
 
 
 class WallClock(TrainerCallback):
@@ -110,34 +107,16 @@ def train(args, dataset_path: str):
     return trainer, time.time() - start
 
 
-def _auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """AUROC from histograms of probabilities (1000 bins) of foreground and background pixels."""
-    if positive.sum() == 0 or negative.sum() == 0:
-        return float("nan")
-    below = np.cumsum(negative) - negative  # background pixels strictly below each bin
-    return float((positive * (below + 0.5 * negative)).sum() / (positive.sum() * negative.sum()))
-
-
-@torch.no_grad()
-def score(model, processor, rows, negatives: bool = False, batch_size: int = 8):
-    """Statistics per threshold, and per-task probability histograms (foreground, background)."""
+def score(model, processor, rows, negatives: bool = False, batch_size: int = 8) -> dict[float, dict[str, float]]:
+    """Per-task scores at every threshold of the sweep, from one model pass (`evaluation.evaluate_rows`)."""
     collate = CLIPSegCollator(processor, train=False, eval_negatives=negatives)
-    model.eval()
-    stats = {t: [] for t in THRESHOLDS}
-    histograms = {task: (np.zeros(1000), np.zeros(1000)) for task in TASKS}
-    for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size])
-        probabilities = predict_batch(model, batch)
-        for t in THRESHOLDS:
-            stats[t].append(image_statistics(probabilities, batch["labels"], batch["task_ids"], batch["negative"], t))
-        for probability, label, task_id in zip(probabilities, batch["labels"], batch["task_ids"]):
-            h, w = probability.shape
-            bins = (probability.flatten().cpu().numpy() * 999.999).astype(int)
-            target = (label[:h, :w] == 1).flatten().cpu().numpy()
-            fg, bg = histograms[TASKS[int(task_id)]]
-            fg += np.bincount(bins[target], minlength=1000)
-            bg += np.bincount(bins[~target], minlength=1000)
-    return {t: summarize(torch.cat(v)) for t, v in stats.items()}, {k: _auroc(*v) for k, v in histograms.items()}
+    statistics = evaluate_rows(model, collate, rows, SWEEP, batch_size)
+    return {t: task_scores(statistics, t) for t in SWEEP}
+
+
+def _miou(predictions: list[np.ndarray], masks: list[np.ndarray]) -> float:
+    counts = np.array([mask_counts(p, m) for p, m in zip(predictions, masks)]).reshape(-1, 3)
+    return scores_from_counts(*counts.T)["miou"]
 
 
 def baselines(train_rows, validation_rows) -> dict[str, dict[str, float]]:
@@ -150,17 +129,14 @@ def baselines(train_rows, validation_rows) -> dict[str, dict[str, float]]:
             continue
         mean = np.mean([m for m in train_masks if m.shape == train_masks[0].shape], axis=0)
 
-        def miou(prediction_of, masks):
-            scores = SegmentationScores()
-            for m in masks:
-                scores.add(prediction_of(m), m)
-            return scores.compute()["miou"]
+        def prior(masks: list[np.ndarray], threshold: float, mean: np.ndarray = mean) -> list[np.ndarray]:
+            return [(mean > threshold) if m.shape == mean.shape else np.zeros_like(m, bool) for m in masks]
 
-        tuned = max(np.linspace(0.02, 0.6, 30), key=lambda t: miou(lambda m: mean > t, train_masks))
+        tuned = max(np.linspace(0.02, 0.6, 30), key=lambda t: _miou(prior(train_masks, t), train_masks))
         out[task] = {
-            "all_zero": miou(np.zeros_like, valid_masks),
-            "all_one": miou(np.ones_like, valid_masks),
-            "mean_mask": miou(lambda m: (mean > tuned) if m.shape == mean.shape else np.zeros_like(m), valid_masks),
+            "all_zero": _miou([np.zeros_like(m) for m in valid_masks], valid_masks),
+            "all_one": _miou([np.ones_like(m) for m in valid_masks], valid_masks),
+            "mean_mask": _miou(prior(valid_masks, tuned), valid_masks),
             "mean_mask_threshold": float(tuned),
         }
     return out
@@ -177,29 +153,29 @@ def main(argv=None) -> int:
         validation = validation.shuffle(seed=0).select(range(min(args.max_eval_samples, len(validation))))
     validation_rows = list(validation)
     train_sample = dataset["train"].shuffle(seed=1).select(range(min(args.calibration_rows, len(dataset["train"]))))
-    calibration, _ = score(model, processor, list(train_sample))
-    threshold = max(THRESHOLDS, key=lambda t: calibration[t].get("mean_iou", 0.0))
-    positive, auroc = score(model, processor, validation_rows)
-    negative, _ = score(model, processor, validation_rows, negatives=True)
+    calibration = score(model, processor, list(train_sample))
+    threshold = max(SWEEP, key=lambda t: calibration[t].get("mean_iou", 0.0))
+    positive = score(model, processor, validation_rows)
+    negative = score(model, processor, validation_rows, negatives=True)
     reference = baselines(list(dataset["train"]), validation_rows)
     report = {
         "minutes": args.minutes, "train_seconds": seconds, "steps": trainer.state.global_step,
         "images_per_second": trainer.state.global_step * args.batch_size / seconds,
         "threshold_calibrated_on_train": threshold,
         "validation_at_0.5": positive[0.5], "validation_at_calibrated": positive[threshold],
-        "pixel_auroc": auroc, "wrong_prompt_foreground_at_calibrated": negative[threshold],
+        "wrong_prompt_foreground_at_calibrated": negative[threshold],
         "baselines": reference, "args": vars(args),
     }
     Path(args.output_dir, "learn_from_scratch.json").write_text(json.dumps(report, indent=2))
     print(f"\n{trainer.state.global_step} steps in {seconds / 60:.1f} min "
           f"({report['images_per_second']:.1f} img/s); threshold calibrated on train: {threshold}")
-    print(f"{'task':8} {'IoU@0.5':>8} {'IoU@cal':>8} {'Dice@cal':>8} {'AUROC':>7} {'wrongFG':>8} "
+    print(f"{'task':8} {'IoU@0.5':>8} {'IoU@cal':>8} {'Dice@cal':>8} {'wrongFG':>8} "
           f"{'all-0':>7} {'all-1':>7} {'meanmask':>8}")
     for task in TASKS:
         b = reference.get(task, {})
         print(f"{task:8} {positive[0.5].get(f'iou_{task}', float('nan')):8.3f} "
               f"{positive[threshold].get(f'iou_{task}', float('nan')):8.3f} "
-              f"{positive[threshold].get(f'dice_{task}', float('nan')):8.3f} {auroc[task]:7.3f} "
+              f"{positive[threshold].get(f'dice_{task}', float('nan')):8.3f} "
               f"{negative[threshold].get(f'wrong_prompt_foreground_{task}', float('nan')):8.4f} "
               f"{b.get('all_zero', float('nan')):7.3f} {b.get('all_one', float('nan')):7.3f} "
               f"{b.get('mean_mask', float('nan')):8.3f}")

@@ -1,119 +1,198 @@
-"""Scoring at native resolution: logits -> per-image masks -> per-task IoU / Dice.
+"""The one scoring path: logits -> native-size probabilities -> per-image statistics -> per-task scores.
 
-Used by the Trainer's evaluation, the learning test and `benchmarks/`; the metric definitions
-themselves are `metrics.py`'s. A row of `image_statistics` is one image's numbers, small enough
-to gather across DDP processes:
-`[task_id, negative, iou, dice, intersection, union, predicted_fraction]`.
+The Trainer's evaluation, `evaluate.py`, the learning test and every benchmark score through here;
+`metrics.py` holds the definitions. A row of `ImageStatistics` is one (image, prompt) pair: its task,
+whether the prompt names the other task (a negative pair, scored against an empty mask), its pixel
+and target-foreground counts, and, for each threshold, the predicted and intersecting pixel counts.
+Every score, every threshold of a sweep and (later) every bootstrap resample is computed from these
+counts: each mask is scored once, and the rows are small enough to gather across DDP processes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .losses import label_sizes
-from .metrics import SegmentationScores, iou_and_dice
-from .modeling import segmentation_logits, upsample_logits
+from .metrics import iou, scores_from_counts
+from .modeling import native_probabilities, segmentation_logits
 from .prompts import TASKS
 
-STATISTICS = ("task_id", "negative", "iou", "dice", "intersection", "union", "predicted_fraction")
+SWEEP: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 
 
-def native_probabilities(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-    """Sigmoid of the logits upsampled to each label's native (unpadded) size."""
-    return [
-        upsample_logits(logit[None].float(), size)[0].sigmoid()
-        for logit, size in zip(logits, label_sizes(labels))
-    ]
+def thresholds_with(*extra: float, grid: Sequence[float] = SWEEP) -> tuple[float, ...]:
+    """The sweep grid plus the given thresholds (e.g. the model's own), sorted, without repeats."""
+    return tuple(sorted({round(float(t), 6) for t in (*grid, *extra)}))
+
+
+@dataclass
+class ImageStatistics:
+    """Per-pair pixel counts; `intersection` and `predicted` have one column per threshold."""
+
+    thresholds: tuple[float, ...]
+    task_id: np.ndarray  # (N,) index into TASKS
+    negative: np.ndarray  # (N,) bool: the other task's prompt, scored against an empty mask
+    pixels: np.ndarray  # (N,)
+    target: np.ndarray  # (N,) target foreground pixels
+    intersection: np.ndarray  # (N, T)
+    predicted: np.ndarray  # (N, T)
+
+    def __len__(self) -> int:
+        return len(self.task_id)
+
+    def column(self, threshold: float) -> int:
+        """Index of `threshold` among the thresholds scored (they must include it)."""
+        for index, t in enumerate(self.thresholds):
+            if abs(t - threshold) < 1e-9:
+                return index
+        raise KeyError(f"threshold {threshold} was not scored; scored: {self.thresholds}")
+
+    def select(self, rows: np.ndarray) -> ImageStatistics:
+        """The rows picked by a boolean mask or index array (bootstrap resamples, one task, ...)."""
+        return ImageStatistics(self.thresholds, self.task_id[rows], self.negative[rows], self.pixels[rows],
+                               self.target[rows], self.intersection[rows], self.predicted[rows])
+
+    def to_tensor(self) -> torch.Tensor:
+        """(N, 4 + 2T) float64, for `accelerator.gather_for_metrics`."""
+        fixed = np.stack([self.task_id, self.negative, self.pixels, self.target], axis=1).astype(np.float64)
+        return torch.from_numpy(np.concatenate([fixed, self.intersection, self.predicted], axis=1))
+
+    @classmethod
+    def from_tensor(cls, table: torch.Tensor | np.ndarray, thresholds: Sequence[float]) -> ImageStatistics:
+        table = np.asarray(table, dtype=np.float64).reshape(-1, 4 + 2 * len(thresholds))
+        n = len(thresholds)
+        return cls(tuple(thresholds), table[:, 0].astype(int), table[:, 1] > 0, table[:, 2], table[:, 3],
+                   table[:, 4 : 4 + n], table[:, 4 + n :])
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[ImageStatistics], thresholds: Sequence[float]) -> ImageStatistics:
+        if not parts:
+            return cls.from_tensor(np.zeros((0, 4 + 2 * len(thresholds))), thresholds)
+        return cls.from_tensor(torch.cat([p.to_tensor() for p in parts]), thresholds)
+
+
+def pixel_counts(probability: torch.Tensor, target: torch.Tensor, thresholds: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, predicted) foreground counts of `probability > t` for every sorted threshold t.
+
+    One bucketing pass instead of one comparison per threshold: a pixel is predicted at every
+    threshold below its probability.
+    """
+    def above(values: torch.Tensor) -> np.ndarray:
+        buckets = torch.searchsorted(thresholds, values.reshape(-1).contiguous())  # thresholds below each value
+        histogram = torch.bincount(buckets, minlength=len(thresholds) + 1)
+        return histogram.flip(0).cumsum(0).flip(0)[1:].cpu().numpy()  # count of values above each threshold
+
+    return above(probability[target]), above(probability)
 
 
 def image_statistics(
     probabilities: Sequence[torch.Tensor],
-    labels: torch.Tensor,
-    task_ids: torch.Tensor,
-    negative: torch.Tensor,
-    threshold: float,
-) -> torch.Tensor:
-    """One `STATISTICS` row per image (float64), predictions thresholded at `threshold`."""
+    targets: Sequence[torch.Tensor],
+    task_ids: Sequence[int],
+    negative: Sequence[bool],
+    thresholds: Sequence[float],
+) -> ImageStatistics:
+    """Statistics of native-size probability maps (H, W) against boolean targets (H, W)."""
+    grid = None
     rows = []
-    for probability, label, task_id, is_negative in zip(probabilities, labels, task_ids, negative):
-        height, width = probability.shape
-        prediction = (probability > threshold).cpu().numpy()
-        target = (label[:height, :width] == 1).cpu().numpy()
-        iou, dice, intersection, union = iou_and_dice(prediction, target)
-        rows.append([int(task_id), float(is_negative), iou, dice, intersection, union, float(prediction.mean())])
-    return torch.tensor(rows, dtype=torch.float64).reshape(-1, len(STATISTICS))
+    for probability, target, task_id, is_negative in zip(probabilities, targets, task_ids, negative):
+        if tuple(probability.shape) != tuple(target.shape):
+            raise ValueError(f"probabilities {tuple(probability.shape)} and target {tuple(target.shape)} differ in size")
+        if grid is None:
+            grid = torch.tensor(thresholds, dtype=probability.dtype, device=probability.device)
+        target = target.to(probability.device, torch.bool)
+        intersection, predicted = pixel_counts(probability, target, grid)
+        rows.append(np.concatenate([[int(task_id), bool(is_negative), target.numel(), int(target.sum())],
+                                    intersection, predicted]))
+    return ImageStatistics.from_tensor(np.array(rows).reshape(-1, 4 + 2 * len(thresholds)), thresholds)
 
 
-def summarize(statistics: torch.Tensor | np.ndarray) -> dict[str, float]:
-    """Per-task metrics of gathered `image_statistics` rows.
+def batch_statistics(logits: torch.Tensor, batch: dict[str, torch.Tensor], thresholds: Sequence[float]) -> ImageStatistics:
+    """Statistics of a collated batch: each row's logits at its label's native (unpadded) size."""
+    labels = batch["labels"].to(logits.device)
+    probabilities, targets = [], []
+    for logit, label, (height, width) in zip(logits, labels, label_sizes(labels)):
+        probabilities.append(native_probabilities(logit[None], (height, width))[0])
+        targets.append(label[:height, :width] == 1)
+    return image_statistics(probabilities, targets, batch["task_ids"].tolist(), batch["negative"].tolist(), thresholds)
 
-    `iou_<task>` / `dice_<task>`: per-image means on positive pairs (metrics.py conventions);
-    `dataset_iou_<task>`; `mean_iou` / `mean_dice`: means over the tasks present (the model
-    selection metric); `wrong_prompt_foreground_<task>`: mean predicted foreground fraction on
-    that task's images under the other task's prompt (negative pairs), when there are any.
+
+def _per_image(statistics: ImageStatistics, column: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return statistics.intersection[:, column], statistics.predicted[:, column], statistics.target
+
+
+def task_scores(statistics: ImageStatistics, threshold: float) -> dict[str, float]:
+    """Per-task metrics at `threshold` (metrics.py conventions).
+
+    `iou_<task>` / `dice_<task>` / `dataset_iou_<task>` on positive pairs; `predicted_fraction_<task>`:
+    mean share of pixels marked under the task's own prompt; `wrong_prompt_foreground_<task>`: the same
+    on that task's images under the other task's prompt (negative pairs), when there are any;
+    `mean_iou` / `mean_dice`: means over the tasks present (the model-selection metric).
     """
-    statistics = np.asarray(statistics, dtype=np.float64).reshape(-1, len(STATISTICS))
+    column = statistics.column(threshold)
     metrics: dict[str, float] = {}
     ious, dices = [], []
     for task_id, task in enumerate(TASKS):
-        of_task = statistics[:, 0] == task_id
-        positive = statistics[of_task & (statistics[:, 1] == 0)]
-        negative = statistics[of_task & (statistics[:, 1] == 1)]
+        of_task = statistics.task_id == task_id
+        positive = statistics.select(of_task & ~statistics.negative)
+        negative = statistics.select(of_task & statistics.negative)
         if len(positive):
-            scores = SegmentationScores(
-                ious=positive[:, 2].tolist(),
-                dices=positive[:, 3].tolist(),
-                intersection=int(positive[:, 4].sum()),
-                union=int(positive[:, 5].sum()),
-            ).compute()
+            scores = scores_from_counts(*_per_image(positive, column))
             metrics[f"iou_{task}"] = scores["miou"]
             metrics[f"dice_{task}"] = scores["dice"]
             metrics[f"dataset_iou_{task}"] = scores["dataset_iou"]
-            metrics[f"predicted_fraction_{task}"] = float(positive[:, 6].mean())
+            metrics[f"predicted_fraction_{task}"] = float((positive.predicted[:, column] / positive.pixels).mean())
             ious.append(scores["miou"])
             dices.append(scores["dice"])
         if len(negative):
-            metrics[f"wrong_prompt_foreground_{task}"] = float(negative[:, 6].mean())
+            metrics[f"wrong_prompt_foreground_{task}"] = float((negative.predicted[:, column] / negative.pixels).mean())
     if ious:
         metrics["mean_iou"] = float(np.mean(ious))
         metrics["mean_dice"] = float(np.mean(dices))
     return metrics
 
 
+def sweep(statistics: ImageStatistics) -> dict[float, dict[str, float]]:
+    """Per threshold: per-task mean per-image IoU on positive pairs, and their mean over tasks."""
+    positive = statistics.select(~statistics.negative)
+    per_image = iou(positive.intersection, positive.predicted, positive.target[:, None])  # (N, T)
+    table = {}
+    for column, threshold in enumerate(statistics.thresholds):
+        row = {task: float(per_image[positive.task_id == i, column].mean())
+               for i, task in enumerate(TASKS) if np.any(positive.task_id == i)}
+        row["mean_iou"] = float(np.mean(list(row.values()))) if row else float("nan")
+        table[threshold] = row
+    return table
+
+
+def best_threshold(table: dict[float, dict[str, float]], current: float) -> float:
+    """Highest mean IoU; ties go to the threshold nearest the current one (no change without a gain)."""
+    return max(table, key=lambda t: (round(table[t]["mean_iou"], 12), -abs(t - current)))
+
+
 @torch.no_grad()
-def predict_batch(model, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Native-resolution probabilities of one collated batch (no gradients, model's device)."""
+def predict_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Decoder logits of one collated pixel batch (no gradients, on the model's device)."""
     device = next(model.parameters()).device
-    logits = segmentation_logits(
-        model,
-        batch["pixel_values"].to(device),
-        batch["input_ids"].to(device),
-        batch["attention_mask"].to(device),
-        train_encoder=False,
-    )
-    return native_probabilities(logits, batch["labels"].to(device))
+    return segmentation_logits(model, batch["pixel_values"].to(device), batch["input_ids"].to(device),
+                               batch["attention_mask"].to(device), train_encoder=False)
 
 
 def evaluate_rows(
-    model,
-    collate,
-    rows: Iterable[dict],
-    thresholds: Sequence[float] = (0.5,),
-    batch_size: int = 8,
-) -> dict[float, torch.Tensor]:
-    """`image_statistics` of `rows` (collated by `collate`) at each threshold, in one pass of the model.
+    model, collate, rows: Iterable[dict], thresholds: Sequence[float] = (0.5,), batch_size: int = 8
+) -> ImageStatistics:
+    """`ImageStatistics` of `rows` (collated by `collate`) at every threshold, in one pass of the model.
 
     For scripts and tests on one process; the Trainer shards and gathers its own evaluation.
     """
     model.eval()
     rows = list(rows)
-    out: dict[float, list[torch.Tensor]] = {t: [] for t in thresholds}
+    parts = []
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size])
-        probabilities = predict_batch(model, batch)
-        for t in thresholds:
-            out[t].append(image_statistics(probabilities, batch["labels"], batch["task_ids"], batch["negative"], t))
-    return {t: torch.cat(v) for t, v in out.items()}
+        parts.append(batch_statistics(predict_logits(model, batch), batch, thresholds))
+    return ImageStatistics.concatenate(parts, thresholds)

@@ -8,16 +8,17 @@ averages the background class in):
     metric.add_batch(predictions=[pred_mask], references=[true_mask])
     metric.compute()  # {"miou": .., "dice": .., "dataset_iou": .., "n_images": ..}
 
-Masks may differ in size between images (each pair must match); they are stored as PNG images
-(`datasets.Image`), so any {0,255} uint8 array, bool array or mode-L image is accepted. The
-scores themselves are `clipseg_drywall.metrics.SegmentationScores`: one definition everywhere.
+A thin wrapper for people who use the `evaluate` API: the package itself scores through
+`clipseg_drywall.evaluation`, and both use the definitions of `clipseg_drywall.metrics`. Masks
+may differ in size between images (each pair must match); `evaluate` stores them as PNG images
+(`datasets.Image`), so any {0,255} uint8 array, bool array or mode-L image is accepted.
 """
 
 import datasets
-import evaluate
 import numpy as np
 
-from clipseg_drywall.metrics import SegmentationScores, _as_bool
+import evaluate
+from clipseg_drywall.metrics import as_bool, mask_counts, scores_from_counts
 
 _DESCRIPTION = """Foreground IoU and Dice of binary masks: mean of per-image scores (an image where prediction
 and reference are both empty scores 1) and dataset-level IoU (intersections and unions summed)."""
@@ -34,7 +35,7 @@ Returns:
 
 def _as_mask_image(mask) -> np.ndarray:
     """uint8 {0,255} (what `datasets.Image` stores losslessly as PNG), foreground as metrics.py reads it."""
-    return _as_bool(np.asarray(mask)).astype(np.uint8) * 255
+    return as_bool(np.asarray(mask)).astype(np.uint8) * 255
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -58,7 +59,5 @@ class ForegroundIoU(evaluate.Metric):
         return self.add_batch(predictions=[prediction], references=[reference], **kwargs)
 
     def _compute(self, predictions, references) -> dict:
-        scores = SegmentationScores()
-        for prediction, reference in zip(predictions, references):
-            scores.add(np.asarray(prediction), np.asarray(reference))
-        return scores.compute()
+        counts = np.array([mask_counts(np.asarray(p), np.asarray(r)) for p, r in zip(predictions, references)])
+        return scores_from_counts(*counts.reshape(-1, 3).T)

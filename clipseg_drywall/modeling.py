@@ -139,6 +139,10 @@ def make_transposed_convolution_contiguous(model: CLIPSegForImageSegmentation) -
         head._contiguous_hook = True
 
 
+# the stock forward's arguments that the gradient forward accepts without changing its meaning
+_ACCEPTED_FALSE = ("output_attentions", "output_hidden_states")
+
+
 def _gradient_forward(
     self: CLIPSegForImageSegmentation,
     pixel_values: torch.Tensor | None = None,
@@ -146,43 +150,86 @@ def _gradient_forward(
     attention_mask: torch.Tensor | None = None,
     activations: torch.Tensor | None = None,
     conditional_embeddings: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    return_dict: bool | None = None,
+    interpolate_pos_encoding: bool = True,
     **kwargs,
-) -> CLIPSegImageSegmentationOutput:
+) -> CLIPSegImageSegmentationOutput | tuple:
+    """The stock forward's contract with gradients through the encoders (see `use_gradient_forward`).
+
+    `labels` (B, H, W) in {0, 1} (padded with -100) give `loss`, BCE at native resolution.
+    """
+    unsupported = sorted(k for k, v in kwargs.items() if not (k in _ACCEPTED_FALSE and not v))
+    if unsupported:
+        raise TypeError(
+            f"the training forward of clipseg_drywall does not support {', '.join(unsupported)}; "
+            "call clipseg_drywall.modeling.restore_stock_forward(model) for the stock CLIPSeg forward"
+        )
+    if not interpolate_pos_encoding:
+        raise TypeError("the training forward always interpolates position embeddings (any processor size)")
     if activations is not None:  # cached CLIP features (B, layers, tokens, hidden): the decoder alone
-        return CLIPSegImageSegmentationOutput(logits=decode(self, list(activations.unbind(1)), conditional_embeddings))
-    logits = segmentation_logits(self, pixel_values, input_ids, attention_mask, train_encoder=encoder_is_trainable(self))
-    return CLIPSegImageSegmentationOutput(logits=logits)
+        logits = decode(self, list(activations.unbind(1)), conditional_embeddings)
+    else:
+        logits = segmentation_logits(self, pixel_values, input_ids, attention_mask,
+                                     train_encoder=encoder_is_trainable(self))
+    loss = None
+    if labels is not None:
+        from .losses import segmentation_loss  # losses imports this module
+
+        loss = segmentation_loss(logits, labels)
+    if return_dict is False:
+        return (logits,) if loss is None else (loss, logits)
+    return CLIPSegImageSegmentationOutput(loss=loss, logits=logits)
 
 
 def use_gradient_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImageSegmentation:
-    """Make this instance's `forward` the gradient path (`segmentation_logits`).
+    """Make this instance's `forward` the gradient path (`segmentation_logits`), in place.
 
     Wrappers such as DDP only synchronise gradients of a forward they call themselves, so the
     gradient path has to be `model.forward`. Only the instance changes: the class, and therefore
     every saved checkpoint, stays a plain `CLIPSegForImageSegmentation`. Encoder gradients
     follow `requires_grad` (see `set_encoder_trainable`). Given `activations` (cached features,
     see `feature_cache.py`) and `conditional_embeddings`, only the decoder runs.
+    `restore_stock_forward` undoes it.
     """
     make_transposed_convolution_contiguous(model)
     model.forward = types.MethodType(_gradient_forward, model)
     return model
 
 
-# ---- native resolution: the one place logits become masks ----
+def restore_stock_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImageSegmentation:
+    """Undo `use_gradient_forward` and `set_encoder_trainable`: the class's own forward, every
+    parameter trainable again (the contiguity pre-hook stays: it changes no value)."""
+    model.__dict__.pop("forward", None)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
 
 
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of decoder logits (B, h, w) to `size` = (height, width)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
+# ---- native resolution: the one place logits become probabilities ----
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def threshold_of(config) -> float:
+    """The decision threshold saved in a model config (`evaluate.py` calibrates it), 0.5 if absent."""
+    value = getattr(config, "segmentation_threshold", None)
+    return DEFAULT_THRESHOLD if value is None else float(value)
+
+
+def upsample_logits(logits: torch.Tensor, height_width: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of decoder logits (B, h, w) to `height_width` = (height, width)."""
+    if tuple(logits.shape[-2:]) == tuple(height_width):
         return logits
-    return nn.functional.interpolate(logits.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+    return nn.functional.interpolate(
+        logits.unsqueeze(1), size=tuple(height_width), mode="bilinear", align_corners=False
+    ).squeeze(1)
 
 
-def masks_at_native_size(
-    logits: torch.Tensor, sizes: list[tuple[int, int]], threshold: float = 0.5
-) -> list[torch.Tensor]:
-    """Boolean masks, one per image at its own (height, width): sigmoid(upsampled logit) > threshold.
+def native_probabilities(logits: torch.Tensor, height_width: tuple[int, int]) -> torch.Tensor:
+    """Probabilities (P, height, width) of one image's decoder logits (P, h, w) at its native size.
 
-    Logits are upsampled before the sigmoid and the threshold, as the loss sees them.
+    Logits are upsampled in float32 *before* the sigmoid and the threshold, as the loss sees them.
+    Every score and every written mask of the package starts here.
     """
-    return [upsample_logits(row[None], size)[0].sigmoid() > threshold for row, size in zip(logits, sizes)]
+    return upsample_logits(logits.float(), height_width).sigmoid()

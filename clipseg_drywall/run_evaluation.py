@@ -1,11 +1,13 @@
-"""What `evaluate.py` runs: a checkpoint on a dataset split -> metrics.json, mask PNGs, a figure.
+"""The evaluation job (`evaluate.py`, `clipseg-drywall-evaluate`): a checkpoint on a dataset split ->
+metrics.json, mask PNGs, a figure.
 
-Every image is segmented under both canonical prompts in one vision pass. Scores are at the
-image's native resolution and come from the `foreground_iou` evaluate module (definitions in
-`metrics.py`). On the validation split a threshold sweep picks the threshold with the best mean
-(over tasks) per-image IoU and writes it into the model's config.json; other splits use the
-model's saved threshold. Logits are kept at decoder resolution (352x352 floats per pair,
-~1 MB per image) so that the sweep and the final masks need one model pass.
+Every image is segmented under both canonical prompts in one vision pass; its own task's prompt is
+scored against its mask, the other task's prompt against an empty mask (prompt fidelity). Scores come
+from `evaluation` (the package's one scoring path) at native resolution. On the validation split a
+threshold sweep, computed from the same per-image statistics, picks the threshold with the best mean
+(over tasks) per-image IoU and writes it into the model's config.json; other splits use the model's
+saved threshold. Logits are kept at decoder resolution (about 0.5 MB per image at 352 px) so that
+the sweep and the final masks need one model pass.
 """
 
 from __future__ import annotations
@@ -13,89 +15,53 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import CLIPSegConfig, HfArgumentParser
+from transformers import CLIPSegConfig
 
+from .arguments import EvaluationArguments, load_dataset_dict, parse_arguments, select_split
+from .evaluation import SWEEP, ImageStatistics, best_threshold, image_statistics, sweep, task_scores, thresholds_with
 from .figures import Case, case_grid
 from .footprint import footprint, model_files_dir
-from .foreground_iou import ForegroundIoU
-from .inference import Segmenter, load_image, mask_file_name
-from .metrics import SegmentationScores, iou_and_dice
+from .images import load_image
+from .inference import Segmenter, mask_file_name
+from .metrics import dice, iou, scores_from_counts
+from .modeling import native_probabilities
 from .prompts import TASKS, canonical_prompt, other_task
 
 logger = logging.getLogger(__name__)
 
-SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "best_worst.png"
 MODEL_EVALUATION_DIR = "evaluation"  # inside the model dir: what the card shows and publish uploads
-
-
-@dataclass
-class EvaluationArguments:
-    model_path: str = field(metadata={"help": "Checkpoint directory (or Hub id) of a CLIPSegForImageSegmentation."})
-    output_dir: str = field(metadata={"help": "Where metrics.json, masks/ and the figure go."})
-    dataset_path: str | None = field(default=None, metadata={"help": "A `save_to_disk` DatasetDict directory."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset id."})
-    split: str = "validation"
-    max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N rows only."})
-    batch_size: int = 8
-    threshold: float | None = field(default=None, metadata={"help": "Fixed threshold: no sweep, config untouched."})
-    sweep: bool | None = field(default=None, metadata={"help": "Threshold sweep (default: on for the validation split)."})
-    update_model: bool = field(
-        default=True,
-        metadata={"help": "Local model dir: write the swept threshold into config.json, copy metrics.json and the "
-                          "figure into <model>/evaluation/ and re-render README.md."},
-    )
-    latency_images: int = field(default=16, metadata={"help": "Images timed for the footprint (0: skip timing)."})
-    figure_cases: int = field(default=2, metadata={"help": "Best and worst cases per task in the figure."})
-    device: str | None = None
-    speed_options: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Opt-in speed-ups to evaluate (bf16, int8, channels_last, compile): their IoU change is "
-                          "what decides whether they may be used. Use with --update_model false."},
-    )
-
-    def __post_init__(self):
-        if (self.dataset_path is None) == (self.dataset_name is None):
-            raise ValueError("Pass exactly one of --dataset_path (a save_to_disk directory) or --dataset_name (a Hub id).")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"--threshold must be in (0, 1), got {self.threshold}")
-
-
-def load_split(args: EvaluationArguments) -> datasets.Dataset:
-    source = args.dataset_path or args.dataset_name
-    if args.dataset_path:
-        dataset = datasets.load_from_disk(args.dataset_path)
-    else:
-        dataset = datasets.load_dataset(args.dataset_name)
-    if args.split not in dataset:
-        raise ValueError(f"{source} has no split {args.split!r} (it has {list(dataset)}); pass --split.")
-    split = dataset[args.split]
-    if args.max_samples is not None:
-        split = split.select(range(min(args.max_samples, len(split))))
-    return split
+SWEEP_SET = set(SWEEP)
 
 
 @dataclass
 class Predictions:
-    """Decoder logits (P, h, w) per row, with what scoring needs; prompts are `canonical_prompt(t)` for `TASKS`."""
+    """Decoder logits (len(TASKS), h, w) per row under `canonical_prompt(t)` for t in `TASKS`."""
 
     logits: list[torch.Tensor]
-    sizes: list[tuple[int, int]]  # (width, height)
+    sizes: list[tuple[int, int]]  # (height, width) of each image
     tasks: list[str]
     names: list[str]  # image_id, made unique
 
+    def native(self, index: int) -> torch.Tensor:
+        """Probabilities (len(TASKS), height, width) of row `index` at its image's size."""
+        return native_probabilities(self.logits[index], self.sizes[index])
 
-def predict_split(segmenter: Segmenter, split: datasets.Dataset, batch_size: int) -> Predictions:
+
+def load_split(args: EvaluationArguments):
+    return select_split(load_dataset_dict(args), args.split, args.dataset_source, args.max_samples)
+
+
+def predict_split(segmenter: Segmenter, split, batch_size: int) -> Predictions:
     prompts = [canonical_prompt(t) for t in TASKS]
     out = Predictions([], [], [], [])
     seen: set[str] = set()
@@ -104,7 +70,7 @@ def predict_split(segmenter: Segmenter, split: datasets.Dataset, batch_size: int
         for batch in columns.iter(batch_size=batch_size):
             images = [load_image(image) for image in batch["image"]]
             out.logits.extend(segmenter.logits(images, prompts).float().cpu())
-            out.sizes.extend(image.size for image in images)
+            out.sizes.extend((image.height, image.width) for image in images)
             out.tasks.extend(batch["task"])
             for image_id in batch["image_id"]:
                 name = image_id if Path(image_id).stem not in seen else f"{Path(image_id).stem}-{len(out.names)}"
@@ -114,71 +80,68 @@ def predict_split(segmenter: Segmenter, split: datasets.Dataset, batch_size: int
     return out
 
 
-def _targets(split: datasets.Dataset):
+def _targets(split) -> Iterator[torch.Tensor]:
     for mask in split.select_columns(["mask"]).iter(batch_size=1):
-        yield np.asarray(mask["mask"][0].convert("L"))
+        yield torch.from_numpy(np.asarray(mask["mask"][0].convert("L")) > 127)
 
 
-def sweep_thresholds(predictions: Predictions, split: datasets.Dataset) -> dict[float, dict[str, float]]:
-    """Per threshold: per-task mean per-image IoU under the task's own prompt, and their mean."""
-    scores = {t: {task: SegmentationScores() for task in TASKS} for t in SWEEP}
-    for logits, size, task, target in zip(predictions.logits, predictions.sizes, predictions.tasks, _targets(split)):
-        own = Segmenter.native_probabilities(logits[TASKS.index(task)][None], size)[0]
-        for t in SWEEP:
-            scores[t][task].add((own > t).numpy(), target)
-    table = {}
-    for t in SWEEP:
-        row = {task: s.compute()["miou"] for task, s in scores[t].items() if s.ious}
-        row["mean_iou"] = float(np.mean(list(row.values())))
-        table[t] = row
-    return table
+def score_predictions(predictions: Predictions, split, thresholds: Sequence[float]) -> ImageStatistics:
+    """Two statistics rows per image, in order: its own task's prompt against its mask, then the
+    other task's prompt against an empty mask."""
+    parts = []
+    rows = zip(range(len(predictions.tasks)), predictions.tasks, _targets(split))
+    for index, task, target in tqdm(rows, total=len(predictions.tasks), desc="scoring", unit="image"):
+        probabilities = predictions.native(index)
+        own, other = TASKS.index(task), TASKS.index(other_task(task))
+        parts.append(image_statistics([probabilities[own], probabilities[other]], [target, torch.zeros_like(target)],
+                                      [own, own], [False, True], thresholds))
+    return ImageStatistics.concatenate(parts, thresholds)
 
 
-def best_threshold(table: dict[float, dict[str, float]], current: float) -> float:
-    """Highest mean IoU; ties go to the threshold nearest the current one (no change without a gain)."""
-    return max(table, key=lambda t: (round(table[t]["mean_iou"], 12), -abs(t - current)))
-
-
-def score_and_write(
-    predictions: Predictions, split: datasets.Dataset, threshold: float, masks_dir: Path
-) -> tuple[dict, dict, list[dict]]:
-    """(tasks block, prompt_fidelity block, per-image records); writes every (image, prompt) mask PNG."""
+def write_masks(predictions: Predictions, threshold: float, masks_dir: Path) -> None:
+    """One {0,255} PNG per (image, canonical prompt), at the image's size."""
     masks_dir.mkdir(parents=True, exist_ok=True)
-    metric = {task: ForegroundIoU(keep_in_memory=True) for task in TASKS}
-    fidelity = {task: {"other": [], "own": [], "iou": []} for task in TASKS}
-    records = []
-    rows = zip(predictions.logits, predictions.sizes, predictions.tasks, predictions.names, _targets(split))
-    for index, (logits, size, task, name, target) in enumerate(tqdm(rows, total=len(predictions.tasks), desc="scoring")):
-        masks = (Segmenter.native_probabilities(logits, size) > threshold).to(torch.uint8).mul_(255).numpy()
-        for task_of_mask, mask in zip(TASKS, masks):
-            Image.fromarray(mask, mode="L").save(masks_dir / mask_file_name(name, canonical_prompt(task_of_mask)))
-        own, other = masks[TASKS.index(task)], masks[TASKS.index(other_task(task))]
-        metric[task].add(prediction=own, reference=target)
-        fidelity[task]["own"].append(float((own > 0).mean()))
-        fidelity[task]["other"].append(float((other > 0).mean()))
-        fidelity[task]["iou"].append(iou_and_dice(own, other)[0])
-        iou, dice, _, _ = iou_and_dice(own, target)
-        records.append({"index": index, "name": name, "task": task, "iou": iou, "dice": dice,
-                        "target_fraction": float((target > 127).mean())})
-    tasks = {}
-    for task in TASKS:
-        if any(r["task"] == task for r in records):
-            tasks[task] = {"prompt": canonical_prompt(task), **metric[task].compute()}
-    prompt_fidelity = {
-        task: {
+    for index, name in enumerate(tqdm(predictions.names, desc="writing masks", unit="image")):
+        masks = (predictions.native(index) > threshold).to(torch.uint8).mul_(255).numpy()
+        for task, mask in zip(TASKS, masks):
+            Image.fromarray(mask, mode="L").save(masks_dir / mask_file_name(name, canonical_prompt(task)))
+
+
+def per_image_records(predictions: Predictions, statistics: ImageStatistics, threshold: float) -> list[dict]:
+    """Per image under its own task's prompt: IoU, Dice, predicted and true foreground fractions."""
+    column = statistics.column(threshold)
+    own = statistics.select(~statistics.negative)
+    counts = own.intersection[:, column], own.predicted[:, column], own.target
+    ious, dices = iou(*counts), dice(*counts)
+    return [
+        {"index": i, "name": name, "task": task, "prompt": canonical_prompt(task), "iou": float(ious[i]),
+         "dice": float(dices[i]), "predicted_fraction": float(counts[1][i] / own.pixels[i]),
+         "target_fraction": float(own.target[i] / own.pixels[i])}
+        for i, (name, task) in enumerate(zip(predictions.names, predictions.tasks))
+    ]
+
+
+def summary_blocks(statistics: ImageStatistics, threshold: float) -> tuple[dict, dict]:
+    """(tasks block, prompt_fidelity block) of metrics.json."""
+    column = statistics.column(threshold)
+    scores = task_scores(statistics, threshold)
+    tasks, fidelity = {}, {}
+    for task_id, task in enumerate(TASKS):
+        own = statistics.select((statistics.task_id == task_id) & ~statistics.negative)
+        if not len(own):
+            continue
+        tasks[task] = {"prompt": canonical_prompt(task),
+                       **scores_from_counts(own.intersection[:, column], own.predicted[:, column], own.target)}
+        fidelity[task] = {
             "other_prompt": canonical_prompt(other_task(task)),
-            "foreground_fraction_other_prompt": float(np.mean(f["other"])),
-            "foreground_fraction_own_prompt": float(np.mean(f["own"])),
-            "iou_between_prompts": float(np.mean(f["iou"])),
-            "n_images": len(f["own"]),
+            "foreground_fraction_other_prompt": scores.get(f"wrong_prompt_foreground_{task}", float("nan")),
+            "foreground_fraction_own_prompt": scores[f"predicted_fraction_{task}"],
+            "n_images": len(own),
         }
-        for task, f in fidelity.items()
-        if f["own"]
-    }
-    return tasks, prompt_fidelity, records
+    return tasks, fidelity
 
 
-def figure_cases(records: list[dict], split: datasets.Dataset, masks_dir: Path, per_task: int) -> list[Case]:
+def figure_cases(records: list[dict], split, masks_dir: Path, per_task: int) -> list[Case]:
     """The `per_task` best (highest IoU, largest target first) and worst cases of each task."""
     cases = []
     for task in TASKS:
@@ -206,11 +169,13 @@ def evaluate_model(args: EvaluationArguments) -> dict:
                                           speed_options=args.speed_options)
     split = load_split(args)
     if len(split) == 0:
-        raise ValueError(f"split {args.split!r} of {args.dataset_path or args.dataset_name} is empty")
+        raise ValueError(f"split {args.split!r} of {args.dataset_source} is empty")
     predictions = predict_split(segmenter, split, args.batch_size)
 
-    sweep = args.sweep if args.sweep is not None else (args.split == "validation" and args.threshold is None)
-    table = sweep_thresholds(predictions, split) if sweep else None
+    do_sweep = args.sweep if args.sweep is not None else (args.split == "validation" and args.threshold is None)
+    fixed = args.threshold if args.threshold is not None else segmenter.threshold
+    statistics = score_predictions(predictions, split, thresholds_with(fixed))
+    table = {t: row for t, row in sweep(statistics).items() if t in SWEEP_SET} if do_sweep else None
     if args.threshold is not None:
         threshold, source = args.threshold, "argument"
     elif table is not None:
@@ -218,7 +183,9 @@ def evaluate_model(args: EvaluationArguments) -> dict:
     else:
         threshold, source = segmenter.threshold, "model config"
 
-    tasks, fidelity, records = score_and_write(predictions, split, threshold, output_dir / "masks")
+    write_masks(predictions, threshold, output_dir / "masks")
+    tasks, fidelity = summary_blocks(statistics, threshold)
+    records = per_image_records(predictions, statistics, threshold)
     metrics = {
         "model": str(args.model_path),
         "dataset": {"path": args.dataset_path, "name": args.dataset_name, "split": args.split, "n_rows": len(split)},
@@ -265,8 +232,8 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"{task:7s} mIoU {m['miou']:.4f}  Dice {m['dice']:.4f}  dataset IoU {m['dataset_iou']:.4f}  "
                      f"({m['n_images']} images, prompt {m['prompt']!r})")
     for task, f in metrics["prompt_fidelity"].items():
-        lines.append(f"{task:7s} foreground under {f['other_prompt']!r}: {f['foreground_fraction_other_prompt']:.4f}; "
-                     f"IoU between prompts {f['iou_between_prompts']:.4f}")
+        lines.append(f"{task:7s} foreground under {f['other_prompt']!r}: {f['foreground_fraction_other_prompt']:.4f} "
+                     f"(under its own prompt: {f['foreground_fraction_own_prompt']:.4f})")
     if "footprint" in metrics:
         fp = metrics["footprint"]
         lines.append(f"{fp['params_total']:,} params, {fp['size_on_disk_mb']} MB, {fp['inference_ms_per_image']} ms/image "
@@ -276,12 +243,7 @@ def format_metrics(metrics: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser(EvaluationArguments)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(json_file=argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments((EvaluationArguments,), argv)
     metrics = evaluate_model(args)
     print(format_metrics(metrics))
     print(f"wrote {Path(args.output_dir) / METRICS_FILE}")

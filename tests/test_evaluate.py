@@ -26,19 +26,21 @@ def test_import_evaluate_is_the_library():
 
 
 def test_metric_module_loads_offline_and_matches_metrics_py():
-    import evaluate
-
     import clipseg_drywall.foreground_iou as module
-    from clipseg_drywall.metrics import SegmentationScores
+    import evaluate
 
     rng = np.random.default_rng(0)
     predictions = [rng.random((20, 30)) > 0.5, np.zeros((5, 5), bool), np.full((4, 6), 255, np.uint8)]
     references = [rng.random((20, 30)) > 0.6, np.zeros((5, 5), np.uint8), np.zeros((4, 6), np.uint8)]
-    expected = SegmentationScores()
-    for p, r in zip(predictions, references):
-        expected.add(p, r)
+    # by hand: per-image IoU / Dice (both-empty scores 1), dataset IoU from summed counts
+    p, r = predictions[0], references[0]
+    inter = [int((p & r).sum()), 0, 0]
+    union = [int((p | r).sum()), 0, 24]
+    sizes = [int(p.sum() + r.sum()), 0, 24]
+    expected = {"miou": (inter[0] / union[0] + 1 + 0) / 3, "dice": (2 * inter[0] / sizes[0] + 1 + 0) / 3,
+                "dataset_iou": inter[0] / (union[0] + 24), "n_images": 3}
     for metric in (evaluate.load(module.__file__, keep_in_memory=True), module.ForegroundIoU(keep_in_memory=True)):
-        assert metric.compute(predictions=predictions, references=references) == pytest.approx(expected.compute())
+        assert metric.compute(predictions=predictions, references=references) == pytest.approx(expected)
     # both empty scores 1; background is not averaged in
     assert module.ForegroundIoU(keep_in_memory=True).compute(
         predictions=[np.zeros((3, 3), bool)], references=[np.zeros((3, 3), bool)])["miou"] == 1.0
@@ -66,7 +68,7 @@ def test_metrics_json_shape(evaluated):
         assert block["prompt"] == canonical_prompt(task)
         assert {"miou", "dice", "dataset_iou", "n_images"} <= set(block) and block["n_images"] == 2
         fidelity = metrics["prompt_fidelity"][task]
-        assert {"foreground_fraction_other_prompt", "iou_between_prompts"} <= set(fidelity)
+        assert {"foreground_fraction_other_prompt", "foreground_fraction_own_prompt"} <= set(fidelity)
     assert 0.05 <= metrics["threshold"] <= 0.95 and metrics["threshold_source"] == "sweep on validation"
     assert len(metrics["threshold_sweep"]) == 19
     best = max(row["mean_iou"] for row in metrics["threshold_sweep"].values())
@@ -133,7 +135,8 @@ def test_card_metadata_round_trips(evaluated):
 
 @requires_shared
 def test_fixed_threshold_on_another_split_keeps_config(evaluated, tiny_drywall_dir, tmp_path):
-    from clipseg_drywall.model_evaluation import EvaluationArguments, evaluate_model
+    from clipseg_drywall.arguments import EvaluationArguments
+    from clipseg_drywall.run_evaluation import evaluate_model
 
     model_dir, _, _ = evaluated
     before = (model_dir / "config.json").read_text()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipseg_drywall.collator import CLIPSegCollator, pad_masks
 from clipseg_drywall.losses import IGNORE_INDEX, label_sizes, segmentation_loss
-from clipseg_drywall.modeling import masks_at_native_size, upsample_logits
+from clipseg_drywall.modeling import native_probabilities, upsample_logits
 from clipseg_drywall.prompts import PROMPTS, canonical_prompt
 from clipseg_drywall.sampling import DrawDataset, DrawSampler
 
@@ -61,8 +61,10 @@ def test_loss_upsamples_to_each_native_size_and_ignores_padding():
         + torch.nn.functional.binary_cross_entropy_with_logits(upsample_logits(logits[1:], (40, 50))[0], large, reduction="sum")
     ) / (30 * 20 + 40 * 50)
     assert torch.allclose(segmentation_loss(logits, labels), expected, atol=1e-6)
-    masks = masks_at_native_size(logits, [(30, 20), (40, 50)])
-    assert [tuple(m.shape) for m in masks] == [(30, 20), (40, 50)] and masks[0].dtype == torch.bool
+    probabilities = [native_probabilities(logits[i : i + 1], size) for i, size in enumerate([(30, 20), (40, 50)])]
+    assert [tuple(p.shape) for p in probabilities] == [(1, 30, 20), (1, 40, 50)]
+    # upsampled before the sigmoid, as the loss sees them
+    assert torch.allclose(probabilities[1][0], upsample_logits(logits[1:], (40, 50))[0].sigmoid())
 
 
 def test_pos_weight_and_dice_raise_the_cost_of_missed_foreground():

@@ -1,7 +1,8 @@
 """Fine-tune CLIPSeg for drywall QA segmentation (`python train.py ...` or `accelerate launch train.py ...`).
 
 Arguments: ModelArguments, DataArguments and CLIPSegTrainingArguments in
-`clipseg_drywall/training.py` (`python train.py --help`). Example, from a config on CPU:
+`clipseg_drywall/arguments.py` (`python train.py --help`); the job is `clipseg_drywall/run_training.py`
+(also installed as `clipseg-drywall-train`). Example, from a config on CPU:
 
     accelerate launch train.py --config_name configs/clipseg-small --tokenizer_name ../shared/clipseg-rd64-refined \
         --dataset_path data/drywall-qa --output_dir runs/small --max_steps 2000 --per_device_train_batch_size 8
@@ -12,7 +13,7 @@ Two CPU processes (DDP over gloo): `accelerate launch --multi_gpu --num_processe
 
 import sys
 
-from clipseg_drywall.training import main
+from clipseg_drywall.run_training import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import SHARED, StepClock, shared_dataset_path  # noqa: E402
+from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments  # noqa: E402
 from clipseg_drywall.feature_cache import FeatureCache, build_feature_cache  # noqa: E402
-from clipseg_drywall.training import DataArguments, ModelArguments, build_trainer  # noqa: E402
-from clipseg_drywall.trainer import CLIPSegTrainingArguments  # noqa: E402
+from clipseg_drywall.run_training import build_trainer  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:

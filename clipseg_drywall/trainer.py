@@ -1,52 +1,38 @@
 """`CLIPSegTrainer`: the Hugging Face Trainer with real encoder fine-tuning and segmentation eval.
 
-- The model's `forward` becomes the gradient path of `modeling.py` (the stock one runs the CLIP
-  encoders under `no_grad`), so DDP wraps and synchronises it like any forward.
+It changes the model it is given, in place (see `CLIPSegTrainer`); `modeling.restore_stock_forward`
+undoes that. What it adds to the Trainer:
 - AdamW groups: decoder at `decoder_learning_rate`, CLIP encoders at `encoder_learning_rate`,
   `weight_decay` except on norms and biases (the Trainer's own `get_decay_parameter_names`).
   `freeze_encoder` (or an encoder rate of 0) turns encoder gradients off entirely.
 - `compute_loss`: `losses.segmentation_loss`, normalised by the Trainer's `num_items_in_batch`.
-- Evaluation: per-task IoU / Dice at native resolution under the canonical prompts, gathered
-  across processes; `mean_iou` (over tasks) is the default `metric_for_best_model`.
+- Evaluation: per-task IoU / Dice at native resolution under the canonical prompts, through
+  `evaluation` (the package's one scoring path), gathered across processes; `mean_iou` (over tasks)
+  is the default `metric_for_best_model`. Eval batches come from `eval_data_collator`.
 - The training sampler is `sampling.DrawSampler` (seeded, optionally task-balanced).
 - At the end the main process writes `training_curves.png` into `output_dir`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput
 
+from .arguments import CLIPSegTrainingArguments
 from .collator import CLIPSegCollator
-from .evaluation import STATISTICS, image_statistics, native_probabilities, summarize
-from .inference import threshold_of
+from .evaluation import ImageStatistics, batch_statistics, task_scores
 from .losses import segmentation_loss
-from .modeling import DECODER_PREFIX, segmentation_logits, set_encoder_trainable, use_gradient_forward
+from .modeling import DECODER_PREFIX, segmentation_logits, set_encoder_trainable, threshold_of, use_gradient_forward
 from .plotting import plot_training_curves
 from .sampling import DrawDataset, DrawSampler
 
 CURVES_FILE = "training_curves.png"
 # pixels + tokens (the plain path) or cached CLIP features (`feature_cache.CachedFeatureCollator`)
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "activations", "conditional_embeddings")
-
-
-@dataclass
-class CLIPSegTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the CLIPSeg knobs. `learning_rate` is unused: see the two rates below."""
-
-    encoder_learning_rate: float = field(default=1e-6, metadata={"help": "AdamW lr of the CLIP vision + text encoders."})
-    decoder_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW lr of the CLIPSeg decoder."})
-    freeze_encoder: bool = field(default=False, metadata={"help": "Train the decoder only; no encoder gradients at all."})
-    dice_weight: float = field(default=0.0, metadata={"help": "Weight of the soft Dice term added to the BCE."})
-    pos_weight: float | None = field(default=None, metadata={"help": "BCE weight of foreground pixels."})
-    balance_tasks: bool = field(default=False, metadata={"help": "Draw the tasks evenly instead of by frequency."})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on norms and biases)."})
-    metric_for_best_model: str | None = field(default="mean_iou", metadata={"help": "Mean over tasks of eval IoU."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs raw rows."})
 
 
 class CurvesCallback(TrainerCallback):
@@ -62,6 +48,19 @@ def _is_decoder(name: str) -> bool:
 
 
 class CLIPSegTrainer(Trainer):
+    """The Trainer for `CLIPSegForImageSegmentation` on drywall rows (image, mask, prompt, task).
+
+    The model is changed in place, as the Trainer's own training changes it: the CLIP parameters
+    the decoder never reaches get `requires_grad=False` (all of CLIP with `freeze_encoder`), and
+    the instance's `forward` becomes the gradient path of `modeling.use_gradient_forward` (the
+    stock forward runs CLIP under `no_grad`, so an encoder learning rate would train nothing).
+    The class is untouched, so checkpoints stay plain `CLIPSegForImageSegmentation`; call
+    `clipseg_drywall.modeling.restore_stock_forward(model)` to get the stock behaviour back.
+
+    `eval_data_collator` builds the evaluation batches (default: canonical prompts, pixels, no
+    augmentation); `data_collator` builds the training batches.
+    """
+
     # `compute_loss` divides by `num_items_in_batch` (labelled pixels of the whole optimizer step)
     loss_is_scaled_for_ga = True
 
@@ -83,25 +82,23 @@ class CLIPSegTrainer(Trainer):
         self.eval_data_collator = eval_data_collator or self.data_collator
         self.add_callback(CurvesCallback())
 
-    # ---- data: raw rows in, our sampler, the eval collator for eval ----
-
-    def _remove_unused_columns(self, dataset, description=None):
-        return dataset  # the collator reads image/mask/prompt/task, none of which `forward` names
-
-    def _get_collator_with_removed_columns(self, data_collator, description=None):
-        return data_collator
+    # ---- data: our sampler for training, the eval collator for evaluation ----
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return DrawSampler(dataset.tasks, seed=seed, balance_tasks=self.args.balance_tasks)
 
-    def get_eval_dataloader(self, eval_dataset=None):
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """In-order batches of `eval_data_collator`, sharded across processes by accelerate."""
+        if eval_dataset is None and self.eval_dataset is None:
+            raise ValueError("CLIPSegTrainer: evaluation needs an eval_dataset")
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        loader = DataLoader(dataset, batch_size=self.args.eval_batch_size, collate_fn=self.eval_data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
 
     # ---- optimisation ----
 
@@ -144,9 +141,9 @@ class CLIPSegTrainer(Trainer):
         """Per-image statistics at native resolution, gathered across processes, summarised per task."""
         model = self.model
         model.eval()
-        threshold = threshold_of(model.config)
+        thresholds = (threshold_of(model.config),)
         self.callback_handler.eval_dataloader = dataloader
-        rows = []
+        tables = []
         for inputs in dataloader:
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad(), self.accelerator.autocast():
@@ -155,13 +152,12 @@ class CLIPSegTrainer(Trainer):
                 losses = [segmentation_loss(logits[i : i + 1], inputs["labels"][i : i + 1],
                                             dice_weight=self.args.dice_weight, pos_weight=self.args.pos_weight)
                           for i in range(len(logits))]
-            statistics = image_statistics(native_probabilities(logits, inputs["labels"]), inputs["labels"],
-                                          inputs["task_ids"], inputs["negative"], threshold)
+            table = batch_statistics(logits, inputs, thresholds).to_tensor()
             losses = torch.stack(losses).detach().double().cpu()[:, None]
-            rows.append(self.accelerator.gather_for_metrics(torch.cat([statistics, losses], 1).to(self.args.device)))
+            tables.append(self.accelerator.gather_for_metrics(torch.cat([table, losses], 1).to(self.args.device)))
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
-        table = torch.cat(rows).cpu() if rows else torch.zeros(0, len(STATISTICS) + 1, dtype=torch.float64)
-        metrics = summarize(table[:, : len(STATISTICS)])
+        table = torch.cat(tables).cpu() if tables else torch.zeros(0, 4 + 2 * len(thresholds) + 1, dtype=torch.float64)
+        metrics = task_scores(ImageStatistics.from_tensor(table[:, :-1], thresholds), thresholds[0])
         if len(table):
             metrics["loss"] = float(table[:, -1].mean())
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}

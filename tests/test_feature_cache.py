@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import CLIPSegProcessor
 
+from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
 from clipseg_drywall.collator import CLIPSegCollator, resize_images
 from clipseg_drywall.feature_cache import build_feature_cache, cache_key
 from clipseg_drywall.modeling import segmentation_logits
+from clipseg_drywall.run_training import build_trainer
 from clipseg_drywall.sampling import DrawDataset
-from clipseg_drywall.training import DataArguments, ModelArguments, build_trainer, feature_cache_root
-from clipseg_drywall.trainer import CLIPSegTrainingArguments
 
 from .conftest import CLIPSEG_FILES, requires_shared
 
@@ -126,5 +126,5 @@ def test_cache_refusals_are_explained(tiny_config_dir, tiny_drywall_dir, tmp_pat
         trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path / "out", tmp_path / "cache", True, augment=True)
     assert "--augment changes pixels" in caplog.text
     assert "image" in trainer.train_dataset.rows.column_names and not (tmp_path / "cache").exists()
-    assert feature_cache_root(DataArguments(dataset_path="d")).as_posix() == "d/feature_cache"
+    assert DataArguments(dataset_path="d").feature_cache_root().as_posix() == "d/feature_cache"
     assert isinstance(trainer.train_dataset, DrawDataset)

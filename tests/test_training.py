@@ -17,10 +17,10 @@ import pytest
 import torch
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
 
+from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
 from clipseg_drywall.collator import CLIPSegCollator
 from clipseg_drywall.modeling import model_from_config, segmentation_logits, unused_parameter_names
-from clipseg_drywall.training import DataArguments, ModelArguments, build_trainer, main
-from clipseg_drywall.trainer import CLIPSegTrainingArguments
+from clipseg_drywall.run_training import build_trainer, main
 
 from .conftest import CLIPSEG_FILES, REPO, requires_shared, tiny_config_dict
 
@@ -145,7 +145,7 @@ def test_evaluation_reports_per_task_scores(tiny_config_dir, tiny_drywall_dir, t
 KILLED_RUN = """
 import os, signal, sys
 from transformers import TrainerCallback
-from clipseg_drywall.training import main
+from clipseg_drywall.run_training import main
 
 class KillAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -156,6 +156,7 @@ main(sys.argv[1:], callbacks=[KillAfterSave()])
 """
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_loses_and_repeats_no_step(tiny_config_dir, tiny_drywall_dir, tmp_path):
     # random prompts, flips and negatives on: resuming must replay the same examples too
     extra = ["--max_steps", "6", "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_strategy",
@@ -177,6 +178,7 @@ def test_resume_after_a_kill_loses_and_repeats_no_step(tiny_config_dir, tiny_dry
         assert torch.allclose(p, q, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_with_double_batch(tiny_config_dir, tiny_drywall_dir, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 train.py --use_cpu` = DDP over gloo on CPU.
 

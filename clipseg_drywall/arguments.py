@@ -1,0 +1,188 @@
+"""Every argument of the package's jobs, and the dataset loading they share.
+
+Model / Data / Training arguments are what `train.py` reads, `EvaluationArguments` what
+`evaluate.py` reads; `parse_arguments` reads any of them with `HfArgumentParser`, from the command
+line or from a JSON recipe (`configs/*.json`) whose values the command line overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .modeling import DEFAULT_THRESHOLD  # noqa: F401  (re-exported: the one default)
+
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+
+
+@dataclass
+class DatasetArguments:
+    """Where the rows come from: exactly one of a `save_to_disk` directory or a Hub dataset id."""
+
+    dataset_path: str | None = field(default=None, metadata={"help": "A `save_to_disk` DatasetDict directory."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset id (or a local Parquet layout)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name, e.g. source-disjoint."})
+
+    def __post_init__(self):
+        if (self.dataset_path is None) == (self.dataset_name is None):
+            raise ValueError("Pass exactly one of --dataset_path (a save_to_disk directory) or --dataset_name (a Hub id).")
+
+    @property
+    def dataset_source(self) -> str:
+        return self.dataset_path or self.dataset_name
+
+
+def load_dataset_dict(args: DatasetArguments):
+    """The `DatasetDict` of `--dataset_path` (`load_from_disk`) or `--dataset_name` (`load_dataset`)."""
+    import datasets
+
+    if args.dataset_path:
+        dataset = datasets.load_from_disk(args.dataset_path)
+    else:
+        dataset = datasets.load_dataset(args.dataset_name, args.dataset_config)
+    if not isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"{args.dataset_source} holds one split, not a DatasetDict: build it with "
+                         "`python -m data_builders build ...`")
+    return dataset
+
+
+def select_split(dataset, split: str, source: str, max_samples: int | None = None, shuffle_seed: int | None = None):
+    """`dataset[split]`, optionally the first `max_samples` rows (after a seeded shuffle)."""
+    if split not in dataset:
+        raise ValueError(f"{source} has no split {split!r} (it has {list(dataset)}); pass another split.")
+    rows = dataset[split]
+    if max_samples is not None:
+        if shuffle_seed is not None:
+            rows = rows.shuffle(seed=shuffle_seed)
+        rows = rows.select(range(min(max_samples, len(rows))))
+    return rows
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Pretrained CLIPSeg (Hub id or directory)."})
+    config_name: str | None = field(default=None, metadata={"help": "Config (Hub id or directory) to start from random weights."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Where the processor (tokenizer + image processor) files are; defaults to model_name_or_path."})
+    image_size: int | None = field(default=None, metadata={"help": "Processor input size (square); the model interpolates its position embeddings."})
+    segmentation_threshold: float | None = field(default=None, metadata={"help": "Saved in the config (default 0.5, or the checkpoint's); evaluate.py may recalibrate it."})
+
+
+@dataclass
+class DataArguments(DatasetArguments):
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    resample_prompts: bool = field(default=False, metadata={"help": "A random synonym from the vocabulary each time a train row is used."})
+    augment: bool = field(default=False, metadata={"help": "Random horizontal/vertical flips (masks follow)."})
+    negative_prompt_ratio: float = field(default=0.0, metadata={"help": "Share of train pairs given the other task's prompt and an empty mask."})
+    preresize_images: bool = field(default=True, metadata={"help": "Store images resized to the processor's size once (bit-identical pixels, far less decoding per step); masks stay native."})
+    cache_features: bool = field(default=False, metadata={"help": "With --freeze_encoder: compute the CLIP features of the train split once, on disk, and train the decoder from them."})
+    feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features go (default: <dataset_path>/feature_cache, or ~/.cache/clipseg_drywall/features)."})
+
+    def feature_cache_root(self) -> Path:
+        if self.feature_cache_dir:
+            return Path(self.feature_cache_dir)
+        if self.dataset_path:
+            return Path(self.dataset_path) / "feature_cache"
+        return Path.home() / ".cache" / "clipseg_drywall" / "features"
+
+
+def load_train_eval_splits(args: DataArguments):
+    """(train rows, eval rows or None); `max_*_samples` take a seeded random subset."""
+    dataset = load_dataset_dict(args)
+    if args.train_split not in dataset:
+        raise ValueError(f"{args.dataset_source} has no split {args.train_split!r}; "
+                         "build it with `python -m data_builders build ...` or pass --train_split.")
+    train = select_split(dataset, args.train_split, args.dataset_source, args.max_train_samples, shuffle_seed=0)
+    evaluation = None
+    if args.eval_split in dataset:
+        evaluation = select_split(dataset, args.eval_split, args.dataset_source, args.max_eval_samples, shuffle_seed=0)
+    return train, evaluation
+
+
+@dataclass
+class CLIPSegTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the CLIPSeg knobs. `learning_rate` is unused: see the two rates below."""
+
+    encoder_learning_rate: float = field(default=1e-6, metadata={"help": "AdamW lr of the CLIP vision + text encoders."})
+    decoder_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW lr of the CLIPSeg decoder."})
+    freeze_encoder: bool = field(default=False, metadata={"help": "Train the decoder only; no encoder gradients at all."})
+    dice_weight: float = field(default=0.0, metadata={"help": "Weight of the soft Dice term added to the BCE."})
+    pos_weight: float | None = field(default=None, metadata={"help": "BCE weight of foreground pixels."})
+    balance_tasks: bool = field(default=False, metadata={"help": "Draw the tasks evenly instead of by frequency."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on norms and biases)."})
+    metric_for_best_model: str | None = field(default="mean_iou", metadata={"help": "Mean over tasks of eval IoU."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the collator reads image, mask, prompt and task."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.remove_unused_columns:
+            raise ValueError("--remove_unused_columns must be false: CLIPSegCollator needs the raw rows "
+                             "(image, mask, prompt, task), none of which the model's forward names")
+
+
+@dataclass
+class EvaluationArguments(DatasetArguments):
+    model_path: str = field(default=None, metadata={"help": "Checkpoint directory (or Hub id) of a CLIPSegForImageSegmentation."})
+    output_dir: str = field(default=None, metadata={"help": "Where metrics.json, masks/ and the figure go."})
+    split: str = "validation"
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N rows only."})
+    batch_size: int = 8
+    threshold: float | None = field(default=None, metadata={"help": "Fixed threshold: no sweep, config untouched."})
+    sweep: bool | None = field(default=None, metadata={"help": "Threshold sweep (default: on for the validation split)."})
+    update_model: bool = field(
+        default=True,
+        metadata={"help": "Local model dir: write the swept threshold into config.json, copy metrics.json and the "
+                          "figure into <model>/evaluation/ and re-render README.md."},
+    )
+    latency_images: int = field(default=16, metadata={"help": "Images timed for the footprint (0: skip timing)."})
+    figure_cases: int = field(default=2, metadata={"help": "Best and worst cases per task in the figure."})
+    device: str | None = None
+    speed_options: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Opt-in speed-ups to evaluate (bf16, int8, channels_last, compile): their IoU change is "
+                          "what decides whether they may be used. Use with --update_model false."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.model_path or not self.output_dir:
+            raise ValueError("Pass --model_path (a checkpoint directory or Hub id) and --output_dir.")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"--threshold must be in (0, 1), got {self.threshold}")
+
+
+def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:
+    """A JSON recipe as command-line flags, so that flags given after it override its values."""
+    argv: list[str] = []
+    for key, value in recipe.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
+
+
+def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
+    """Parse `argv` (default: the command line) into instances of `dataclass_types`.
+
+    A first argument ending in `.json` is a recipe: its keys are flags, and flags given after it
+    override them (`train.py configs/small-from-scratch.json --max_steps 100`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".json"):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such recipe file")
+        argv = recipe_to_argv(json.loads(path.read_text())) + argv[1:]
+    parser = HfArgumentParser(tuple(dataclass_types))
+    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))

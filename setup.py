@@ -1,29 +1,65 @@
+"""Packaging of clipseg-drywall. Tool settings (pytest, ruff) and the build system are in pyproject.toml."""
+
+import re
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "clipseg_drywall" / "__init__.py").read_text(), re.M).group(1)
+
+
+class BuildWithCardTemplate(build_py):
+    """Ships the top-level model_card.md (the file people edit) inside the package as a real file."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "clipseg_drywall" / "templates"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(HERE / "model_card.md", target / "model_card.md")
+
+
+DATA = ["datasets>=4.0", "lxml"]
+TRAIN = ["accelerate>=1.0", "datasets>=4.0", "matplotlib"]
+EVAL = ["datasets>=4.0", "evaluate>=0.4", "matplotlib"]
+ALL = sorted(set(DATA + TRAIN + EVAL))
 
 setup(
     name="clipseg-drywall",
-    version="0.1.0",
+    version=VERSION,
     description="Text-prompted drywall QA segmentation (cracks, taping areas) by fine-tuning CLIPSeg",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["clipseg_drywall", "clipseg_drywall.*", "data_builders", "data_builders.*"]),
-    include_package_data=True,
-    package_data={"clipseg_drywall": ["templates/*.md"]},
+    cmdclass={"build_py": BuildWithCardTemplate},
+    # inference (Segmenter, predict, publish) needs only these
     install_requires=[
         "torch>=2.1",
-        "transformers>=5.0",
-        "datasets>=4.0",
-        "accelerate>=1.0",
-        "evaluate>=0.4",
-        "huggingface_hub>=1.0",
+        "transformers>=5.0,<6",  # CLIPSegTrainer relies on Trainer internals of the 5.x line
         "safetensors",
         "pillow>=10",
-        "lxml",
+        "huggingface_hub>=1.0",
         "numpy",
-        "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "data": DATA,
+        "train": TRAIN,
+        "eval": EVAL,
+        "all": ALL,
+        "test": ALL + ["pytest>=8", "ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "clipseg-drywall-train = clipseg_drywall.run_training:main",
+            "clipseg-drywall-evaluate = clipseg_drywall.run_evaluation:main",
+            "clipseg-drywall-predict = clipseg_drywall.predict:main",
+            "clipseg-drywall-publish = clipseg_drywall.publish:main",
+            "clipseg-drywall-dataset = data_builders.__main__:main",
+        ]
+    },
 )

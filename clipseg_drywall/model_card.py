@@ -15,13 +15,16 @@ from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import CLIPSegConfig
 
+from .modeling import threshold_of
 from .prompts import CANONICAL_PROMPTS, PROMPTS
 
 DEFAULT_REPO_ID = "org/clipseg-drywall"
 DEFAULT_BASE_MODEL = "CIDAS/clipseg-rd64-refined"
 DEFAULT_DATASET_ID = "org/drywall-qa"
 CARD_FILE = "README.md"
+TEMPLATE_FILE = "model_card.md"
 METRICS_PATH = Path("evaluation") / "metrics.json"
 HYPERPARAMETERS = (
     "model_name_or_path", "config_name", "image_size", "encoder_learning_rate", "decoder_learning_rate",
@@ -32,8 +35,16 @@ HYPERPARAMETERS = (
 
 
 def template_path() -> Path:
-    """The repo's `model_card.md`, shipped in the package through the `templates/model_card.md` symlink."""
-    return Path(str(resources.files("clipseg_drywall") / "templates" / "model_card.md"))
+    """The card template: the copy of the repo's `model_card.md` that setup.py ships in the package
+    (`clipseg_drywall/templates/`), or, in a source checkout (editable install), that file itself."""
+    shipped = Path(str(resources.files("clipseg_drywall") / "templates" / TEMPLATE_FILE))
+    if shipped.is_file():
+        return shipped
+    in_checkout = Path(__file__).resolve().parents[1] / TEMPLATE_FILE
+    if in_checkout.is_file():
+        return in_checkout
+    raise FileNotFoundError(f"{TEMPLATE_FILE} is neither in the package ({shipped}) nor in a source checkout "
+                            f"({in_checkout}); reinstall the package")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -92,10 +103,6 @@ def render_model_card(
     license: str = "apache-2.0",
     training: dict | None = None,
 ) -> ModelCard:
-    from transformers import CLIPSegConfig
-
-    from .inference import threshold_of
-
     model_dir = Path(model_dir)
     if base_model == "auto":
         base_model = base_model_of(model_dir)

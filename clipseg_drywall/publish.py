@@ -1,9 +1,12 @@
-"""`python -m clipseg_drywall.publish --model_dir OUT --repo_id org/clipseg-drywall [--dataset_dir DIR --dataset_repo_id org/drywall-qa]`
+"""`python -m clipseg_drywall.publish --model_dir OUT --repo_id org/clipseg-drywall [--dataset_repo_id org/drywall-qa]`
 
 Uploads a trained model folder with `huggingface_hub`: safetensors weights, config (with the
 calibrated threshold), processor and tokenizer files, the model card (re-rendered for the repo
 id) and the evaluation figure and metrics. Never pickles (`.bin`, `.pt`), optimizer or scheduler
 state, or Trainer checkpoints. `--dry_run` lists what would go up and touches no network.
+
+The dataset is published by its builder: `python -m data_builders push DIR org/drywall-qa`
+(`--dataset_repo_id` only names it on the model card).
 
 The token is `huggingface_hub`'s own (`hf auth login` or the HF_TOKEN variable); it is never
 printed, and it is scrubbed from any error message before that is shown.
@@ -19,6 +22,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import filter_repo_objects
 
+from .cli import ArgumentParser
 from .model_card import DEFAULT_DATASET_ID, write_model_card
 
 ALLOW_PATTERNS = [
@@ -82,23 +86,11 @@ def publish_model(model_dir: Path, repo_id: str, dataset_id: str, private: bool,
     return files
 
 
-def publish_dataset(dataset_dir: Path, repo_id: str, private: bool, dry_run: bool) -> list[str]:
-    """The dataset as Parquet shards + dataset card (the dataset builder's own publishing code)."""
-    from data_builders.hub import load_saved, push_to_hub
-
-    dataset, stats = load_saved(dataset_dir)
-    listing = [f"data/{split}-*.parquet ({len(rows)} rows)" for split, rows in dataset.items()] + ["README.md"]
-    if not dry_run:
-        push_to_hub(dataset, stats, repo_id, private=private)
-    return listing
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clipseg_drywall.publish", description=__doc__,
+    parser = ArgumentParser(prog="python -m clipseg_drywall.publish", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", type=Path, required=True, help="a trained (and evaluated) model folder")
     parser.add_argument("--repo_id", required=True, help="model repo, e.g. org/clipseg-drywall")
-    parser.add_argument("--dataset_dir", type=Path, help="also publish this `python -m data_builders build` output")
     parser.add_argument("--dataset_repo_id", help=f"dataset repo (default {DEFAULT_DATASET_ID}); named on the model card")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry_run", action="store_true", help="render the card and list the files; upload nothing")
@@ -113,10 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         files = publish_model(args.model_dir, args.repo_id, dataset_id, args.private, args.dry_run)
         print(f"{verb} to model repo {args.repo_id}:")
         print("\n".join(f"  {name}" for name in files))
-        if args.dataset_dir:
-            listing = publish_dataset(args.dataset_dir, dataset_id, args.private, args.dry_run)
-            print(f"{verb} to dataset repo {dataset_id}:")
-            print("\n".join(f"  {name}" for name in listing))
     except Exception as error:  # shown without traceback: the Hub's messages could carry request details
         print(f"publishing failed: {type(error).__name__}: {_scrub(str(error))}", file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from clipseg_drywall.cli import ArgumentParser
+
 from .drywall_qa import build_layouts
 from .exports import ExportError
 from .hub import load_saved, push_to_hub, save_dataset, write_parquet
@@ -15,7 +17,7 @@ from .stats import compute_statistics, format_statistics
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_builders", description=__doc__)
+    parser = ArgumentParser(prog="python -m data_builders", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     b = commands.add_parser("build", help="read Roboflow exports and save the dataset with save_to_disk")

@@ -1,0 +1,104 @@
+"""The package's shape: one-way imports, a light inference import, the wheel, flags, the training forward."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from transformers import CLIPSegConfig
+
+from clipseg_drywall.modeling import model_from_config, restore_stock_forward, use_gradient_forward
+
+from .conftest import REPO, tiny_config_dict
+
+HEAVY = ("lxml", "datasets", "matplotlib", "evaluate", "data_builders")
+
+
+def test_inference_import_loads_no_data_training_or_plotting_stack():
+    code = ("import sys, clipseg_drywall.inference, clipseg_drywall.predict; "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO / "tests", timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_library_never_imports_data_builders():
+    importing = re.compile(r"^\s*(from|import)\s+data_builders\b", re.M)
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "clipseg_drywall").rglob("*.py")
+                 if importing.search(path.read_text())]
+    assert offenders == [], f"clipseg_drywall must not import data_builders: {offenders}"
+
+
+def test_wheel_ships_the_card_template_as_a_file_and_the_commands(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shutil.rmtree(REPO / "build", ignore_errors=True)
+    (wheel,) = tmp_path.glob("clipseg_drywall-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        info = archive.getinfo("clipseg_drywall/templates/model_card.md")
+        assert info.external_attr >> 28 != 0o12  # a regular file, not a symlink
+        assert archive.read(info) == (REPO / "model_card.md").read_bytes()
+        entry_points = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("entry_points.txt"))
+        metadata = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("METADATA"))
+    for command in ("train", "evaluate", "predict", "publish", "dataset"):
+        assert f"clipseg-drywall-{command} =" in entry_points
+    assert "Requires-Dist: transformers<6,>=5.0" in metadata
+    assert "Requires-Dist: datasets" in metadata and 'extra == "train"' in metadata
+    assert not any(line.startswith("Requires-Dist: datasets") and "extra" not in line for line in metadata.splitlines())
+
+
+@pytest.mark.parametrize("flag", ["--dry_run", "--dry-run"])
+def test_argparse_commands_take_both_flag_spellings(flag):
+    from clipseg_drywall.predict import _parser as predict_parser
+    from clipseg_drywall.publish import _parser as publish_parser
+
+    args = publish_parser().parse_args(["--model-dir", "m", "--repo_id", "o/r", flag])
+    assert args.dry_run and str(args.model_dir) == "m" and args.repo_id == "o/r"
+    args = predict_parser().parse_args(["--model", "m", "--prompt", "crack", "--output", "o", "--batch-size", "2", "x.jpg"])
+    assert args.batch_size == 2
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or shutil.which("ruff", path=str(REPO / ".venv" / "bin"))
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]' brings it)")
+    run = subprocess.run([ruff, "check", "."], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:]
+
+
+def _pixels_and_tokens():
+    torch.manual_seed(0)
+    return torch.randn(2, 3, 224, 224), torch.tensor([[49406, 320, 49407], [49406, 321, 49407]])
+
+
+def test_training_forward_names_what_it_does_not_support_and_honours_labels():
+    model = use_gradient_forward(model_from_config(CLIPSegConfig(**tiny_config_dict())))
+    pixels, tokens = _pixels_and_tokens()
+    with pytest.raises(TypeError, match="output_attentions.*restore_stock_forward"):
+        model(pixel_values=pixels, input_ids=tokens, output_attentions=True)
+    with pytest.raises(TypeError, match="position_ids"):
+        model(pixel_values=pixels, input_ids=tokens, position_ids=None)
+    labels = (torch.rand(2, 40, 30) > 0.5).float()
+    output = model(pixel_values=pixels, input_ids=tokens, labels=labels, output_attentions=False)
+    assert output.loss is not None and output.loss.requires_grad and output.loss > 0
+    loss, logits = model(pixel_values=pixels, input_ids=tokens, labels=labels, return_dict=False)
+    assert torch.equal(loss, output.loss) and torch.equal(logits, output.logits)
+
+
+def test_restoring_the_stock_forward_is_one_call():
+    model = model_from_config(CLIPSegConfig(**tiny_config_dict())).eval()
+    pixels, tokens = _pixels_and_tokens()
+    with torch.no_grad():
+        stock = model(pixel_values=pixels, input_ids=tokens)
+    use_gradient_forward(model)
+    restore_stock_forward(model)
+    assert "forward" not in model.__dict__
+    with torch.no_grad():
+        again = model(pixel_values=pixels, input_ids=tokens, output_attentions=True)
+    assert torch.allclose(stock.logits, again.logits) and again.vision_model_output is not None

@@ -85,6 +85,15 @@ class DataArguments(DatasetArguments):
     preresize_images: bool = field(default=True, metadata={"help": "Store images resized to the processor's size once (bit-identical pixels, far less decoding per step); masks stay native."})
     cache_features: bool = field(default=False, metadata={"help": "With --freeze_encoder: compute the CLIP features of the train split once, on disk, and train the decoder from them."})
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features go (default: <dataset_path>/feature_cache, or ~/.cache/clipseg_drywall/features)."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "The Hub id of the data in --dataset_path (e.g. org/drywall-qa), named on the model card; without it (or --dataset_name) the card names no dataset."})
+
+    def dataset_id(self) -> str | None:
+        """The Hub id the model card may name: --hub_dataset_id, else --dataset_name (never a local path)."""
+        if self.hub_dataset_id:
+            return self.hub_dataset_id
+        if self.dataset_name and not Path(self.dataset_name).exists():
+            return self.dataset_name
+        return None
 
     def feature_cache_root(self) -> Path:
         if self.feature_cache_dir:
@@ -120,6 +129,7 @@ class CLIPSegTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on norms and biases)."})
     metric_for_best_model: str | None = field(default="mean_iou", metadata={"help": "Mean over tasks of eval IoU."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the collator reads image, mask, prompt and task."})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep the checkpoint-* folders (optimizer state, for --resume_from_checkpoint) once training has finished; by default only the final model stays."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -131,15 +141,18 @@ class CLIPSegTrainingArguments(TrainingArguments):
 @dataclass
 class EvaluationArguments(DatasetArguments):
     model_path: str = field(default=None, metadata={"help": "Checkpoint directory (or Hub id) of a CLIPSegForImageSegmentation."})
-    output_dir: str = field(default=None, metadata={"help": "Where metrics.json, masks/ and the figure go."})
-    split: str = "validation"
-    max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N rows only."})
+    output_dir: str = field(default=None, metadata={"help": "Where metrics.json, per_image.csv, masks/ and the figure go."})
+    split: str | None = field(default=None, metadata={"help": "The split scored (default: test where the dataset has one, else validation)."})
+    calibration_split: str = field(default="validation", metadata={"help": "The split the threshold is swept on; 'none': use the model config's threshold."})
+    allow_calibration_on_scored_split: bool = field(default=False, metadata={"help": "Allow --calibration_split = --split; metrics.json and the card then say the threshold was tuned on the scored images."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N rows of each split only."})
     batch_size: int = 8
-    threshold: float | None = field(default=None, metadata={"help": "Fixed threshold: no sweep, config untouched."})
-    sweep: bool | None = field(default=None, metadata={"help": "Threshold sweep (default: on for the validation split)."})
+    threshold: float | None = field(default=None, metadata={"help": "Fixed threshold: no calibration."})
+    prompt_robustness: bool = field(default=True, metadata={"help": "Also score every vocabulary prompt and a few paraphrases on their task's images."})
+    bootstrap_resamples: int = field(default=1000, metadata={"help": "Resamples of the 95% bootstrap intervals over images (seeded)."})
     update_model: bool = field(
         default=True,
-        metadata={"help": "Local model dir: write the swept threshold into config.json, copy metrics.json and the "
+        metadata={"help": "Local model dir: write the calibrated threshold into config.json, copy metrics and the "
                           "figure into <model>/evaluation/ and re-render README.md."},
     )
     latency_images: int = field(default=16, metadata={"help": "Images timed for the footprint (0: skip timing)."})
@@ -157,6 +170,8 @@ class EvaluationArguments(DatasetArguments):
             raise ValueError("Pass --model_path (a checkpoint directory or Hub id) and --output_dir.")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"--threshold must be in (0, 1), got {self.threshold}")
+        if self.bootstrap_resamples < 1000:
+            raise ValueError(f"--bootstrap_resamples must be at least 1000, got {self.bootstrap_resamples}")
 
 
 def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .losses import label_sizes
-from .metrics import iou, scores_from_counts
+from .metrics import dice, iou, scores_from_counts
 from .modeling import native_probabilities, segmentation_logits
 from .prompts import TASKS
 
@@ -167,6 +167,38 @@ def sweep(statistics: ImageStatistics) -> dict[float, dict[str, float]]:
         row["mean_iou"] = float(np.mean(list(row.values()))) if row else float("nan")
         table[threshold] = row
     return table
+
+
+def bootstrap_intervals(
+    statistics: ImageStatistics,
+    threshold: float,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, list[float]]]:
+    """Percentile bootstrap intervals over images of each task's mIoU, Dice and dataset IoU.
+
+    Resamples the per-image counts already scored (positive pairs), so an interval comes from the
+    same statistics as its point estimate, never from a second scoring pass.
+    """
+    column = statistics.column(threshold)
+    generator = np.random.default_rng(seed)
+    tail = 100 * (1 - confidence) / 2
+    intervals: dict[str, dict[str, list[float]]] = {}
+    for task_id, task in enumerate(TASKS):
+        rows = statistics.select((statistics.task_id == task_id) & ~statistics.negative)
+        if not len(rows):
+            continue
+        intersection, predicted, target = rows.intersection[:, column], rows.predicted[:, column], rows.target
+        per_image = {"miou": iou(intersection, predicted, target), "dice": dice(intersection, predicted, target)}
+        picks = generator.integers(0, len(rows), size=(resamples, len(rows)))
+        union = predicted + target - intersection
+        samples = {name: values[picks].mean(axis=1) for name, values in per_image.items()}
+        unions = union[picks].sum(axis=1)
+        samples["dataset_iou"] = np.where(unions > 0, intersection[picks].sum(axis=1) / np.maximum(unions, 1), 1.0)
+        intervals[task] = {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+                           for name, v in samples.items()}
+    return intervals
 
 
 def best_threshold(table: dict[float, dict[str, float]], current: float) -> float:

@@ -11,6 +11,7 @@ training, after evaluation and before publishing without carrying state around:
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -22,10 +23,9 @@ from .prompts import CANONICAL_PROMPTS, PROMPTS
 
 DEFAULT_REPO_ID = "org/clipseg-drywall"
 DEFAULT_BASE_MODEL = "CIDAS/clipseg-rd64-refined"
-DEFAULT_DATASET_ID = "org/drywall-qa"
 CARD_FILE = "README.md"
 TEMPLATE_FILE = "model_card.md"
-METRICS_PATH = Path("evaluation") / "metrics.json"
+EVALUATION_DIR = "evaluation"  # evaluate.py stores <layout>_<split>.json (+ .png) here
 HYPERPARAMETERS = (
     "model_name_or_path", "config_name", "image_size", "encoder_learning_rate", "decoder_learning_rate",
     "freeze_encoder", "per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "max_steps",
@@ -56,6 +56,8 @@ def training_summary(model_dir: Path) -> dict[str, object]:
     summary: dict[str, object] = {}
     arguments = _read_json(model_dir / "training_args.json") or {}
     summary.update({k: arguments[k] for k in HYPERPARAMETERS if arguments.get(k) not in (None, "", [])})
+    if "model_name_or_path" in summary:  # never a local path on the card
+        summary["model_name_or_path"] = base_model_of(model_dir)[1]
     state = _read_json(model_dir / "trainer_state.json") or {}
     if "global_step" in state:
         summary["optimizer steps"] = state["global_step"]
@@ -72,24 +74,68 @@ def training_summary(model_dir: Path) -> dict[str, object]:
     return summary
 
 
-def base_model_of(model_dir: Path) -> str | None:
-    """The checkpoint training started from (None when it started from a config's random weights)."""
+_HUB_CACHE_DIR = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
+
+
+def hub_id_of(name_or_path: str | None) -> str | None:
+    """The Hub id a base model or dataset may be named by in Hub metadata, or None.
+
+    A name that is no local path is a Hub id; a local folder is one only inside the Hub cache
+    (`models--org--name/snapshots/...`); any other local path has no Hub origin to name.
+    """
+    if not name_or_path:
+        return None
+    if not Path(name_or_path).exists():
+        return name_or_path
+    match = _HUB_CACHE_DIR.search(str(Path(name_or_path).resolve()) + "/")
+    return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def base_model_of(model_dir: Path) -> tuple[str | None, str | None]:
+    """(Hub id of the checkpoint training started from, or None; how the card describes it).
+
+    The description is None when training started from a config's random weights.
+    """
     arguments = _read_json(model_dir / "training_args.json")
     if arguments is None:
-        return DEFAULT_BASE_MODEL
-    return arguments.get("model_name_or_path")
+        return DEFAULT_BASE_MODEL, DEFAULT_BASE_MODEL
+    start = arguments.get("model_name_or_path")
+    if not start:
+        return None, None
+    hub_id = hub_id_of(start)
+    return hub_id, hub_id or f"a local checkpoint ({Path(start).name})"
 
 
-def eval_results(metrics: dict, dataset_id: str) -> list[EvalResult]:
-    """model-index entries: IoU and Dice per task, with the dataset and split they were measured on."""
+def dataset_id_of(model_dir: Path) -> str | None:
+    """The Hub id of the training data recorded by train.py (--dataset_name / --hub_dataset_id)."""
+    arguments = _read_json(model_dir / "training_args.json") or {}
+    return hub_id_of(arguments.get("dataset_id") or arguments.get("dataset_name"))
+
+
+def evaluations(model_dir: Path) -> list[dict]:
+    """Every evaluation stored by evaluate.py in `<model>/evaluation/`, honest (source-disjoint) first."""
+    folder = model_dir / EVALUATION_DIR
+    found = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    for metrics in found:
+        leaked = metrics["dataset"].get("leaked_images")
+        metrics["leak_known"] = leaked is not None
+        metrics["leaky"] = bool(leaked) and any(leaked.values())
+        metrics["honest"] = metrics["leak_known"] and not metrics["leaky"] and not metrics.get("threshold_tuned_on_scored_split")
+    return sorted(found, key=lambda m: (not m["honest"], m["dataset"]["split"] != "test"))
+
+
+def eval_results(metrics: dict, dataset_id: str | None) -> list[EvalResult]:
+    """model-index entries: IoU and Dice per task, with the dataset, layout and split they were measured on."""
     split = metrics["dataset"]["split"]
+    layout = metrics["dataset"].get("layout") or "default"
     results = []
     for task, m in metrics["tasks"].items():
         for metric_type, key, label in (("iou", "miou", "mean IoU"), ("dice", "dice", "Dice")):
             results.append(EvalResult(
                 task_type="image-segmentation", task_name=f"{task} segmentation (\"{m['prompt']}\")",
-                # the task as the dataset config: model-index groups results by (task, dataset, config, split)
-                dataset_type=dataset_id, dataset_name=f"drywall-QA {task}", dataset_config=task, dataset_split=split,
+                # the task within the layout as the dataset config: model-index groups by (task, dataset, config, split)
+                dataset_type=dataset_id or "drywall-qa", dataset_name=f"drywall-QA {task} ({layout} splits)",
+                dataset_config=f"{layout}/{task}", dataset_split=split,
                 metric_type=metric_type, metric_value=round(float(m[key]), 4), metric_name=f"{label} ({task})",
             ))
     return results
@@ -98,28 +144,26 @@ def eval_results(metrics: dict, dataset_id: str) -> list[EvalResult]:
 def render_model_card(
     model_dir: str | Path,
     repo_id: str = DEFAULT_REPO_ID,
-    base_model: str | None = "auto",
-    dataset_id: str = DEFAULT_DATASET_ID,
+    dataset_id: str | None = "auto",
     license: str = "apache-2.0",
     training: dict | None = None,
 ) -> ModelCard:
     model_dir = Path(model_dir)
-    if base_model == "auto":
-        base_model = base_model_of(model_dir)
-    metrics = _read_json(model_dir / METRICS_PATH)
-    figure = None
-    if metrics and metrics.get("figure") and (model_dir / METRICS_PATH.parent / metrics["figure"]).is_file():
-        figure = (METRICS_PATH.parent / metrics["figure"]).as_posix()
+    base_model, base_description = base_model_of(model_dir)
+    if dataset_id == "auto":
+        dataset_id = dataset_id_of(model_dir)
+    stored = evaluations(model_dir)
+    indexed = [m for m in stored if m["honest"]] or stored
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         base_model=base_model,
-        datasets=[dataset_id],
+        datasets=[dataset_id] if dataset_id else None,
         library_name="transformers",
         pipeline_tag="image-segmentation",
         license=license,
         tags=["clipseg", "image-segmentation", "drywall", "crack-segmentation", "construction"],
         metrics=["mean_iou", "dice"],
-        eval_results=eval_results(metrics, dataset_id) if metrics else None,
+        eval_results=[r for m in indexed for r in eval_results(m, dataset_id)] or None,
     )
     return ModelCard.from_template(
         card_data,
@@ -127,13 +171,15 @@ def render_model_card(
         model_name=repo_id.split("/")[-1],  # card_data moves model_name into model-index
         repo_id=repo_id,
         dataset_id=dataset_id,
+        base_model=base_model,
+        base_description=base_description,
         threshold=threshold_of(CLIPSegConfig.from_pretrained(model_dir)),
-        threshold_source=(metrics or {}).get("threshold_source", "the default: evaluate.py calibrates it"),
+        threshold_source=stored[0]["threshold_source"] if stored else "the default: evaluate.py calibrates it",
         prompts=PROMPTS,
         canonical=CANONICAL_PROMPTS,
-        metrics=metrics,
-        footprint=(metrics or {}).get("footprint"),
-        figure=figure,
+        evaluations=stored,
+        footprint=next((m["footprint"] for m in stored if m.get("footprint")), None),
+        evaluation_dir=EVALUATION_DIR,
         training={**training_summary(model_dir), **(training or {})},
     )
 

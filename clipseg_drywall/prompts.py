@@ -36,12 +36,24 @@ PROMPTS: dict[str, tuple[str, ...]] = {
 
 CANONICAL_PROMPTS: dict[str, str] = {"crack": "segment crack", "taping": "segment taping area"}
 
+# Words users type that are not in the vocabulary: evaluation scores them to show how the model
+# copes with text it was never trained on (prompt robustness). Never used in training.
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "crack": ("hairline crack in plaster", "cracked drywall"),
+    "taping": ("tape joint between boards", "drywall tape seam"),
+}
+
 _TASK_OF_PROMPT: dict[str, str] = {p: task for task, prompts in PROMPTS.items() for p in prompts}
 
 
 def all_prompts() -> list[str]:
     """Every prompt in the vocabulary, in a fixed order (tasks in `TASKS` order)."""
     return [p for task in TASKS for p in PROMPTS[task]]
+
+
+def robustness_prompts(task: str) -> list[str]:
+    """Every vocabulary prompt of `task`, then its paraphrases (outside the vocabulary)."""
+    return [*PROMPTS[check_task(task)], *PARAPHRASES[task]]
 
 
 def check_task(task: str) -> str:

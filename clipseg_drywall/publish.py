@@ -23,7 +23,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.utils import filter_repo_objects
 
 from .cli import ArgumentParser
-from .model_card import DEFAULT_DATASET_ID, write_model_card
+from .model_card import write_model_card
 
 ALLOW_PATTERNS = [
     "*.safetensors",
@@ -38,7 +38,7 @@ ALLOW_PATTERNS = [
     "vocab.json",
     "merges.txt",
     "README.md",
-    "evaluation/metrics.json",
+    "evaluation/*.json",
     "evaluation/*.png",
 ]
 # applied after the allowlist: no pickles, optimizer/trainer state or intermediate checkpoints, ever
@@ -74,7 +74,7 @@ def _scrub(message: str) -> str:
     return message.replace(token, "<token>") if token else message
 
 
-def publish_model(model_dir: Path, repo_id: str, dataset_id: str, private: bool, dry_run: bool) -> list[str]:
+def publish_model(model_dir: Path, repo_id: str, dataset_id: str | None, private: bool, dry_run: bool) -> list[str]:
     check_model_dir(model_dir, files_to_upload(model_dir) if model_dir.is_dir() else [])
     write_model_card(model_dir, repo_id=repo_id, dataset_id=dataset_id)  # the card names this repo and dataset
     files = files_to_upload(model_dir)
@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", type=Path, required=True, help="a trained (and evaluated) model folder")
     parser.add_argument("--repo_id", required=True, help="model repo, e.g. org/clipseg-drywall")
-    parser.add_argument("--dataset_repo_id", help=f"dataset repo (default {DEFAULT_DATASET_ID}); named on the model card")
+    parser.add_argument("--dataset_repo_id", help="the training data's Hub dataset repo, named on the model card "
+                        "(default: the one train.py recorded, if any)")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry_run", action="store_true", help="render the card and list the files; upload nothing")
     return parser
@@ -99,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    dataset_id = args.dataset_repo_id or DEFAULT_DATASET_ID
+    dataset_id = args.dataset_repo_id or "auto"
     verb = "would upload" if args.dry_run else "uploaded"
     try:
         files = publish_model(args.model_dir, args.repo_id, dataset_id, args.private, args.dry_run)

@@ -1,22 +1,27 @@
 """The evaluation job (`evaluate.py`, `clipseg-drywall-evaluate`): a checkpoint on a dataset split ->
-metrics.json, mask PNGs, a figure.
+metrics.json, per_image.csv, mask PNGs, a figure.
 
-Every image is segmented under both canonical prompts in one vision pass; its own task's prompt is
-scored against its mask, the other task's prompt against an empty mask (prompt fidelity). Scores come
-from `evaluation` (the package's one scoring path) at native resolution. On the validation split a
-threshold sweep, computed from the same per-image statistics, picks the threshold with the best mean
-(over tasks) per-image IoU and writes it into the model's config.json; other splits use the model's
-saved threshold. Logits are kept at decoder resolution (about 0.5 MB per image at 352 px) so that
-the sweep and the final masks need one model pass.
+The protocol keeps the numbers honest:
+- the threshold is swept on `--calibration_split` (default validation) and the scores come from
+  `--split` (default test, where the dataset has one); tuning on the scored split is refused unless
+  `--allow_calibration_on_scored_split`, and then metrics.json and the card say so;
+- each task's mIoU, Dice and dataset IoU come with a seeded 95% bootstrap interval over images;
+- every vocabulary prompt and a few paraphrases are scored on their task's images (prompt
+  robustness), and each image under the other task's canonical prompt (prompt fidelity);
+- the dataset's own leakage check (stats.json of the build) says whether the scored split shares
+  source photos with train.
+Every number comes from `evaluation` (the package's one scoring path) at native resolution: one
+vision pass per image for all prompts, each mask scored once at every threshold.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,112 +31,137 @@ from tqdm.auto import tqdm
 from transformers import CLIPSegConfig
 
 from .arguments import EvaluationArguments, load_dataset_dict, parse_arguments, select_split
-from .evaluation import SWEEP, ImageStatistics, best_threshold, image_statistics, sweep, task_scores, thresholds_with
+from .evaluation import (
+    SWEEP,
+    ImageStatistics,
+    best_threshold,
+    bootstrap_intervals,
+    image_statistics,
+    sweep,
+    task_scores,
+    thresholds_with,
+)
 from .figures import Case, case_grid
 from .footprint import footprint, model_files_dir
 from .images import load_image
 from .inference import Segmenter, mask_file_name
 from .metrics import dice, iou, scores_from_counts
 from .modeling import native_probabilities
-from .prompts import TASKS, canonical_prompt, other_task
+from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+PER_IMAGE_FILE = "per_image.csv"
 FIGURE_FILE = "best_worst.png"
 MODEL_EVALUATION_DIR = "evaluation"  # inside the model dir: what the card shows and publish uploads
 SWEEP_SET = set(SWEEP)
 
 
 @dataclass
-class Predictions:
-    """Decoder logits (len(TASKS), h, w) per row under `canonical_prompt(t)` for t in `TASKS`."""
+class ScoredSplit:
+    """One pass over a split: canonical-prompt logits (for masks), and the statistics of every pair."""
 
-    logits: list[torch.Tensor]
-    sizes: list[tuple[int, int]]  # (height, width) of each image
-    tasks: list[str]
-    names: list[str]  # image_id, made unique
+    logits: list[torch.Tensor] = field(default_factory=list)  # (len(TASKS), h, w) per image, canonical prompts
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each image
+    tasks: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # image_id, made unique
+    statistics: ImageStatistics | None = None  # per image: own canonical prompt, then the other task's
+    per_prompt: dict[str, ImageStatistics] = field(default_factory=dict)  # prompt -> its task's images
 
     def native(self, index: int) -> torch.Tensor:
-        """Probabilities (len(TASKS), height, width) of row `index` at its image's size."""
+        """Probabilities (len(TASKS), height, width) of image `index` at its size."""
         return native_probabilities(self.logits[index], self.sizes[index])
 
 
-def load_split(args: EvaluationArguments):
-    return select_split(load_dataset_dict(args), args.split, args.dataset_source, args.max_samples)
+def _unique_name(image_id: str, seen: set[str], index: int) -> str:
+    name = image_id if Path(image_id).stem not in seen else f"{Path(image_id).stem}-{index}"
+    seen.add(Path(name).stem)
+    return name
 
 
-def predict_split(segmenter: Segmenter, split, batch_size: int) -> Predictions:
-    prompts = [canonical_prompt(t) for t in TASKS]
-    out = Predictions([], [], [], [])
+def segment_and_score(segmenter: Segmenter, split, batch_size: int, thresholds: Sequence[float],
+                      robustness: bool, desc: str) -> ScoredSplit:
+    """Segment every image under every prompt needed (one vision pass) and score each pair at once."""
+    canonical = [canonical_prompt(t) for t in TASKS]
+    extra = [p for t in TASKS for p in robustness_prompts(t) if p not in canonical] if robustness else []
+    prompts = canonical + extra
+    out = ScoredSplit()
+    parts: list[ImageStatistics] = []
+    per_prompt: dict[str, list[ImageStatistics]] = {p: [] for p in prompts if robustness}
     seen: set[str] = set()
-    columns = split.select_columns(["image", "task", "image_id"])
-    with tqdm(total=len(split), desc="segmenting", unit="image") as progress:
+    columns = split.select_columns(["image", "mask", "task", "image_id"])
+    with tqdm(total=len(split), desc=desc, unit="image") as progress:
         for batch in columns.iter(batch_size=batch_size):
             images = [load_image(image) for image in batch["image"]]
-            out.logits.extend(segmenter.logits(images, prompts).float().cpu())
-            out.sizes.extend((image.height, image.width) for image in images)
-            out.tasks.extend(batch["task"])
-            for image_id in batch["image_id"]:
-                name = image_id if Path(image_id).stem not in seen else f"{Path(image_id).stem}-{len(out.names)}"
-                seen.add(Path(name).stem)
-                out.names.append(name)
+            logits = segmenter.logits(images, prompts).float().cpu()
+            for image, image_logits, mask, task, image_id in zip(images, logits, batch["mask"], batch["task"],
+                                                                 batch["image_id"]):
+                size = (image.height, image.width)
+                target = torch.from_numpy(np.asarray(mask.convert("L")) > 127)
+                probabilities = native_probabilities(image_logits, size)
+                own, other = TASKS.index(task), TASKS.index(other_task(task))
+                parts.append(image_statistics([probabilities[own], probabilities[other]],
+                                              [target, torch.zeros_like(target)], [own, own], [False, True], thresholds))
+                for index, prompt in enumerate(prompts):
+                    if robustness and prompt in robustness_prompts(task):
+                        per_prompt[prompt].append(image_statistics([probabilities[index]], [target], [own], [False],
+                                                                   thresholds))
+                out.logits.append(image_logits[: len(TASKS)].clone())
+                out.sizes.append(size)
+                out.tasks.append(task)
+                out.names.append(_unique_name(image_id, seen, len(out.names)))
             progress.update(len(images))
+    out.statistics = ImageStatistics.concatenate(parts, thresholds)
+    out.per_prompt = {p: ImageStatistics.concatenate(v, thresholds) for p, v in per_prompt.items() if v}
     return out
 
 
-def _targets(split) -> Iterator[torch.Tensor]:
-    for mask in split.select_columns(["mask"]).iter(batch_size=1):
-        yield torch.from_numpy(np.asarray(mask["mask"][0].convert("L")) > 127)
-
-
-def score_predictions(predictions: Predictions, split, thresholds: Sequence[float]) -> ImageStatistics:
-    """Two statistics rows per image, in order: its own task's prompt against its mask, then the
-    other task's prompt against an empty mask."""
-    parts = []
-    rows = zip(range(len(predictions.tasks)), predictions.tasks, _targets(split))
-    for index, task, target in tqdm(rows, total=len(predictions.tasks), desc="scoring", unit="image"):
-        probabilities = predictions.native(index)
-        own, other = TASKS.index(task), TASKS.index(other_task(task))
-        parts.append(image_statistics([probabilities[own], probabilities[other]], [target, torch.zeros_like(target)],
-                                      [own, own], [False, True], thresholds))
-    return ImageStatistics.concatenate(parts, thresholds)
-
-
-def write_masks(predictions: Predictions, threshold: float, masks_dir: Path) -> None:
+def write_masks(scored: ScoredSplit, threshold: float, masks_dir: Path) -> None:
     """One {0,255} PNG per (image, canonical prompt), at the image's size."""
     masks_dir.mkdir(parents=True, exist_ok=True)
-    for index, name in enumerate(tqdm(predictions.names, desc="writing masks", unit="image")):
-        masks = (predictions.native(index) > threshold).to(torch.uint8).mul_(255).numpy()
+    for index, name in enumerate(tqdm(scored.names, desc="writing masks", unit="image")):
+        masks = (scored.native(index) > threshold).to(torch.uint8).mul_(255).numpy()
         for task, mask in zip(TASKS, masks):
             Image.fromarray(mask, mode="L").save(masks_dir / mask_file_name(name, canonical_prompt(task)))
 
 
-def per_image_records(predictions: Predictions, statistics: ImageStatistics, threshold: float) -> list[dict]:
-    """Per image under its own task's prompt: IoU, Dice, predicted and true foreground fractions."""
+def per_image_records(scored: ScoredSplit, threshold: float) -> list[dict]:
+    """Per image under its own task's canonical prompt: IoU, Dice, predicted and true foreground fractions."""
+    statistics = scored.statistics
     column = statistics.column(threshold)
     own = statistics.select(~statistics.negative)
-    counts = own.intersection[:, column], own.predicted[:, column], own.target
-    ious, dices = iou(*counts), dice(*counts)
+    intersection, predicted, target = own.intersection[:, column], own.predicted[:, column], own.target
+    ious, dices = iou(intersection, predicted, target), dice(intersection, predicted, target)
     return [
-        {"index": i, "name": name, "task": task, "prompt": canonical_prompt(task), "iou": float(ious[i]),
-         "dice": float(dices[i]), "predicted_fraction": float(counts[1][i] / own.pixels[i]),
-         "target_fraction": float(own.target[i] / own.pixels[i])}
-        for i, (name, task) in enumerate(zip(predictions.names, predictions.tasks))
+        {"image_id": name, "task": task, "prompt": canonical_prompt(task), "iou": float(ious[i]),
+         "dice": float(dices[i]), "predicted_fraction": float(predicted[i] / own.pixels[i]),
+         "true_fraction": float(target[i] / own.pixels[i]), "index": i}
+        for i, (name, task) in enumerate(zip(scored.names, scored.tasks))
     ]
 
 
-def summary_blocks(statistics: ImageStatistics, threshold: float) -> tuple[dict, dict]:
-    """(tasks block, prompt_fidelity block) of metrics.json."""
+def write_per_image_csv(records: list[dict], path: Path) -> None:
+    columns = ["image_id", "task", "prompt", "iou", "dice", "predicted_fraction", "true_fraction"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def summary_blocks(statistics: ImageStatistics, threshold: float, resamples: int) -> tuple[dict, dict]:
+    """(tasks block with 95% intervals, prompt_fidelity block) of metrics.json."""
     column = statistics.column(threshold)
     scores = task_scores(statistics, threshold)
+    intervals = bootstrap_intervals(statistics, threshold, resamples=resamples)
     tasks, fidelity = {}, {}
     for task_id, task in enumerate(TASKS):
         own = statistics.select((statistics.task_id == task_id) & ~statistics.negative)
         if not len(own):
             continue
         tasks[task] = {"prompt": canonical_prompt(task),
-                       **scores_from_counts(own.intersection[:, column], own.predicted[:, column], own.target)}
+                       **scores_from_counts(own.intersection[:, column], own.predicted[:, column], own.target),
+                       "ci95": intervals[task]}
         fidelity[task] = {
             "other_prompt": canonical_prompt(other_task(task)),
             "foreground_fraction_other_prompt": scores.get(f"wrong_prompt_foreground_{task}", float("nan")),
@@ -141,18 +171,47 @@ def summary_blocks(statistics: ImageStatistics, threshold: float) -> tuple[dict,
     return tasks, fidelity
 
 
+def prompt_table(per_prompt: dict[str, ImageStatistics], threshold: float) -> list[dict]:
+    """mIoU of each prompt on its task's images; `in_vocabulary` False for the paraphrases."""
+    rows = []
+    for prompt, statistics in per_prompt.items():
+        column = statistics.column(threshold)
+        scores = scores_from_counts(statistics.intersection[:, column], statistics.predicted[:, column], statistics.target)
+        task = TASKS[int(statistics.task_id[0])]
+        rows.append({"task": task, "prompt": prompt, "in_vocabulary": task_of_prompt(prompt) == task,
+                     "miou": scores["miou"], "n_images": scores["n_images"]})
+    return sorted(rows, key=lambda row: TASKS.index(row["task"]))  # stable: canonical, synonyms, paraphrases
+
+
 def figure_cases(records: list[dict], split, masks_dir: Path, per_task: int) -> list[Case]:
     """The `per_task` best (highest IoU, largest target first) and worst cases of each task."""
     cases = []
     for task in TASKS:
-        ranked = sorted((r for r in records if r["task"] == task), key=lambda r: (r["iou"], r["target_fraction"]))
+        ranked = sorted((r for r in records if r["task"] == task), key=lambda r: (r["iou"], r["true_fraction"]))
         picked = [("best", r) for r in ranked[::-1][:per_task]] + [("worst", r) for r in ranked[:per_task]]
         for kind, record in picked[: 2 * min(per_task, len(ranked))]:
             row = split[record["index"]]
-            prediction = np.asarray(Image.open(masks_dir / mask_file_name(record["name"], canonical_prompt(task))))
-            cases.append(Case(f"{task} {kind}: IoU {record['iou']:.3f}\n{record['name'][:40]}",
+            prediction = np.asarray(Image.open(masks_dir / mask_file_name(record["image_id"], canonical_prompt(task))))
+            cases.append(Case(f"{task} {kind}: IoU {record['iou']:.3f}\n{record['image_id'][:40]}",
                               load_image(row["image"]), np.asarray(row["mask"].convert("L")), prediction))
     return cases
+
+
+def dataset_leakage(args: EvaluationArguments, split: str) -> dict:
+    """Layout and, per task, how many images of `split` share a source photo with train, from the
+    build's stats.json (None where the dataset carries no such record)."""
+    stats_file = Path(args.dataset_path) / "stats.json" if args.dataset_path else None
+    if stats_file is None or not stats_file.is_file():
+        return {"layout": args.dataset_config, "leaked_images": None}
+    stats = json.loads(stats_file.read_text())
+    layout = stats.get("layout", "default")
+    if layout == "default":
+        leaked = {task: splits[split]["leaked_either_way"] for task, splits in stats.get("leakage", {}).items()
+                  if split in splits}
+    else:
+        leaked = {task: pairs[f"{split} vs train"]["leaked_either_way"]
+                  for task, pairs in stats.get("leakage_after_resplit", {}).items() if f"{split} vs train" in pairs}
+    return {"layout": layout, "leaked_images": leaked}
 
 
 def set_model_threshold(model_dir: Path, threshold: float) -> None:
@@ -162,39 +221,59 @@ def set_model_threshold(model_dir: Path, threshold: float) -> None:
     config.save_pretrained(model_dir)
 
 
+def choose_threshold(args: EvaluationArguments, segmenter: Segmenter, dataset, split: str) -> tuple[float, dict]:
+    """(threshold, calibration block): fixed, the model's, or swept on the calibration split."""
+    if args.threshold is not None:
+        return args.threshold, {"source": "argument", "split": None, "tuned_on_scored_split": False}
+    if args.calibration_split.lower() == "none":
+        return segmenter.threshold, {"source": "model config", "split": None, "tuned_on_scored_split": False}
+    same = args.calibration_split == split
+    if same and not args.allow_calibration_on_scored_split:
+        raise ValueError(f"refusing to score split {split!r} with a threshold tuned on that same split: pass another "
+                         "--calibration_split (or 'none'), or --allow_calibration_on_scored_split to accept an "
+                         "optimistic score, which metrics.json and the card will then label")
+    rows = select_split(dataset, args.calibration_split, args.dataset_source, args.max_samples)
+    scored = segment_and_score(segmenter, rows, args.batch_size, SWEEP, robustness=False,
+                               desc=f"calibrating on {args.calibration_split}")
+    table = sweep(scored.statistics)
+    threshold = best_threshold(table, segmenter.threshold)
+    return threshold, {"source": f"sweep on {args.calibration_split}", "split": args.calibration_split,
+                       "tuned_on_scored_split": same, "sweep": {str(t): row for t, row in table.items()}}
+
+
 def evaluate_model(args: EvaluationArguments) -> dict:
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter.from_pretrained(args.model_path, batch_size=args.batch_size, device=args.device,
                                           speed_options=args.speed_options)
-    split = load_split(args)
+    dataset = load_dataset_dict(args)
+    split_name = args.split or ("test" if "test" in dataset else "validation")
+    split = select_split(dataset, split_name, args.dataset_source, args.max_samples)
     if len(split) == 0:
-        raise ValueError(f"split {args.split!r} of {args.dataset_source} is empty")
-    predictions = predict_split(segmenter, split, args.batch_size)
+        raise ValueError(f"split {split_name!r} of {args.dataset_source} is empty")
+    threshold, calibration = choose_threshold(args, segmenter, dataset, split_name)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
 
-    do_sweep = args.sweep if args.sweep is not None else (args.split == "validation" and args.threshold is None)
-    fixed = args.threshold if args.threshold is not None else segmenter.threshold
-    statistics = score_predictions(predictions, split, thresholds_with(fixed))
-    table = {t: row for t, row in sweep(statistics).items() if t in SWEEP_SET} if do_sweep else None
-    if args.threshold is not None:
-        threshold, source = args.threshold, "argument"
-    elif table is not None:
-        threshold, source = best_threshold(table, segmenter.threshold), f"sweep on {args.split}"
-    else:
-        threshold, source = segmenter.threshold, "model config"
-
-    write_masks(predictions, threshold, output_dir / "masks")
-    tasks, fidelity = summary_blocks(statistics, threshold)
-    records = per_image_records(predictions, statistics, threshold)
+    scored = segment_and_score(segmenter, split, args.batch_size, thresholds_with(threshold),
+                               args.prompt_robustness, desc=f"scoring {split_name}")
+    write_masks(scored, threshold, output_dir / "masks")
+    tasks, fidelity = summary_blocks(scored.statistics, threshold, args.bootstrap_resamples)
+    records = per_image_records(scored, threshold)
+    write_per_image_csv(records, output_dir / PER_IMAGE_FILE)
+    leakage = dataset_leakage(args, split_name)
     metrics = {
         "model": str(args.model_path),
-        "dataset": {"path": args.dataset_path, "name": args.dataset_name, "split": args.split, "n_rows": len(split)},
+        "dataset": {"path": args.dataset_path, "name": args.dataset_name, "config": args.dataset_config,
+                    "split": split_name, "n_rows": len(split), **leakage},
         "tasks": tasks,
         "mean_iou": float(np.mean([t["miou"] for t in tasks.values()])),
         "threshold": threshold,
-        "threshold_source": source,
-        "threshold_sweep": {str(t): row for t, row in table.items()} if table else None,
+        "threshold_source": calibration["source"],
+        "threshold_tuned_on_scored_split": calibration["tuned_on_scored_split"],
+        "calibration": calibration,
+        "bootstrap": {"resamples": args.bootstrap_resamples, "confidence": 0.95, "seed": 0, "over": "images"},
         "prompt_fidelity": fidelity,
+        "prompts": prompt_table(scored.per_prompt, threshold) if scored.per_prompt else None,
+        "per_image": PER_IMAGE_FILE,
     }
     if args.latency_images > 0:
         images = [load_image(image) for image in split.select(range(min(args.latency_images, len(split))))["image"]]
@@ -208,11 +287,18 @@ def evaluate_model(args: EvaluationArguments) -> dict:
 
     model_dir = Path(args.model_path)
     if args.update_model and model_dir.is_dir():
-        update_model_dir(model_dir, output_dir, threshold if source.startswith("sweep") else None)
+        calibrated = threshold if calibration["source"].startswith("sweep") else None
+        update_model_dir(model_dir, output_dir, metrics, calibrated)
     return metrics
 
 
-def update_model_dir(model_dir: Path, output_dir: Path, threshold: float | None) -> None:
+def evaluation_name(metrics: dict) -> str:
+    """`<layout>_<split>`: the file stem an evaluation has inside `<model>/evaluation/`."""
+    layout = metrics["dataset"].get("layout") or "unknown"
+    return f"{layout}_{metrics['dataset']['split']}"
+
+
+def update_model_dir(model_dir: Path, output_dir: Path, metrics: dict, threshold: float | None) -> None:
     """The calibrated threshold into config.json; metrics + figure beside the weights; the card re-rendered."""
     from .model_card import write_model_card
 
@@ -220,20 +306,35 @@ def update_model_dir(model_dir: Path, output_dir: Path, threshold: float | None)
         set_model_threshold(model_dir, threshold)
     target = model_dir / MODEL_EVALUATION_DIR
     target.mkdir(exist_ok=True)
-    for name in (METRICS_FILE, FIGURE_FILE):
-        if (output_dir / name).is_file():
-            shutil.copyfile(output_dir / name, target / name)
+    name = evaluation_name(metrics)
+    stored = dict(metrics)
+    if (output_dir / FIGURE_FILE).is_file():
+        stored["figure"] = f"{name}.png"
+        shutil.copyfile(output_dir / FIGURE_FILE, target / stored["figure"])
+    (target / f"{name}.json").write_text(json.dumps(stored, indent=2))
     write_model_card(model_dir)
 
 
+def _interval(m: dict, key: str) -> str:
+    low, high = m["ci95"][key]
+    return f"{m[key]:.4f} [{low:.3f}, {high:.3f}]"
+
+
 def format_metrics(metrics: dict) -> str:
-    lines = [f"threshold {metrics['threshold']} ({metrics['threshold_source']})"]
+    tuned = " (TUNED ON THE SCORED SPLIT: optimistic)" if metrics["threshold_tuned_on_scored_split"] else ""
+    dataset = metrics["dataset"]
+    lines = [f"{dataset['split']} split ({dataset['n_rows']} images, layout {dataset.get('layout')}, images sharing a "
+             f"photo with train: {dataset.get('leaked_images')}); threshold {metrics['threshold']} "
+             f"({metrics['threshold_source']}){tuned}"]
     for task, m in metrics["tasks"].items():
-        lines.append(f"{task:7s} mIoU {m['miou']:.4f}  Dice {m['dice']:.4f}  dataset IoU {m['dataset_iou']:.4f}  "
-                     f"({m['n_images']} images, prompt {m['prompt']!r})")
+        lines.append(f"{task:7s} mIoU {_interval(m, 'miou')}  Dice {_interval(m, 'dice')}  dataset IoU "
+                     f"{_interval(m, 'dataset_iou')}  ({m['n_images']} images, prompt {m['prompt']!r})")
     for task, f in metrics["prompt_fidelity"].items():
         lines.append(f"{task:7s} foreground under {f['other_prompt']!r}: {f['foreground_fraction_other_prompt']:.4f} "
                      f"(under its own prompt: {f['foreground_fraction_own_prompt']:.4f})")
+    for row in metrics.get("prompts") or []:
+        marker = "" if row["in_vocabulary"] else "  (paraphrase)"
+        lines.append(f"{row['task']:7s} {row['prompt']!r:32s} mIoU {row['miou']:.4f}{marker}")
     if "footprint" in metrics:
         fp = metrics["footprint"]
         lines.append(f"{fp['params_total']:,} params, {fp['size_on_disk_mb']} MB, {fp['inference_ms_per_image']} ms/image "
@@ -246,5 +347,5 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = parse_arguments((EvaluationArguments,), argv)
     metrics = evaluate_model(args)
     print(format_metrics(metrics))
-    print(f"wrote {Path(args.output_dir) / METRICS_FILE}")
+    print(f"wrote {Path(args.output_dir) / METRICS_FILE} and {Path(args.output_dir) / PER_IMAGE_FILE}")
     return 0

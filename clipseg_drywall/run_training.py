@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import transformers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, set_seed
 
@@ -62,6 +65,40 @@ def parse_training_arguments(argv: Sequence[str] | None = None) -> tuple[ModelAr
     return parse_arguments((ModelArguments, DataArguments, CLIPSegTrainingArguments), argv)
 
 
+def cpu_threads_per_process() -> int:
+    """The cores this process may use: those it is allowed to run on, shared by the processes of this machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def use_every_core(training_args: CLIPSegTrainingArguments) -> None:
+    """On CPU, give torch every core this process should get.
+
+    `accelerate launch` without `--cpu` on a machine with no GPU sets OMP_NUM_THREADS=1, so a
+    single process would train on one core; `python train.py` would use them all.
+    """
+    if training_args.device.type != "cpu":
+        return
+    wanted = cpu_threads_per_process()
+    if torch.get_num_threads() < wanted:
+        torch.set_num_threads(wanted)
+    logger.info("training on cpu with %d threads per process (%d processes on this machine)",
+                torch.get_num_threads(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def tidy_output_dir(output_dir: Path, keep_checkpoints: bool) -> None:
+    """Only what a user needs stays (checkpoints only if asked for), readable as files usually are."""
+    if not keep_checkpoints:
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json holds the same
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in output_dir.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: CLIPSegTrainingArguments,
                   callbacks: list | None = None) -> CLIPSegTrainer:
     set_seed(training_args.seed)  # before the model: random weights from a config depend on it
@@ -91,6 +128,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    use_every_core(training_args)
     trainer = build_trainer(model_args, data_args, training_args, callbacks)
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() == "true":
@@ -106,6 +144,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         write_run_card(trainer, model_args, data_args)
+        tidy_output_dir(Path(training_args.output_dir), training_args.keep_checkpoints)
     return 0
 
 
@@ -115,6 +154,7 @@ def write_run_card(trainer: CLIPSegTrainer, model_args: ModelArguments, data_arg
     arguments = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **trainer.args.to_dict()}
     if model_args.config_name:
         arguments["model_name_or_path"] = None  # not used: the weights started random from config_name
+    arguments["dataset_id"] = data_args.dataset_id()
     arguments["hardware"] = device_name(trainer.args.device)
     arguments["num_processes"] = trainer.accelerator.num_processes
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str))

@@ -118,15 +118,37 @@ def _pick(dataset, per_task: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def tiny_drywall_dir(shared_dataset, tmp_path_factory) -> Path:
-    """A `save_to_disk` DatasetDict of real rows: train 8 (4 per task), validation 4 (2 per task)."""
+def tiny_drywall_dir(shared_build, tmp_path_factory) -> Path:
+    """Real rows of the official layout, saved as the build saves it (with its stats.json):
+    train 8 (4 per task), validation 4 (2 per task)."""
     import datasets
 
+    from data_builders.hub import save_dataset
+    from data_builders.stats import compute_statistics
+
+    dataset, report = shared_build
     path = tmp_path_factory.mktemp("tiny-drywall")
-    train, validation = shared_dataset["train"], shared_dataset["validation"]
-    datasets.DatasetDict(
-        train=train.select(_pick(train, 4)), validation=validation.select(_pick(validation, 2))
-    ).save_to_disk(path)
+    train, validation = dataset["train"], dataset["validation"]
+    subset = datasets.DatasetDict(train=train.select(_pick(train, 4)), validation=validation.select(_pick(validation, 2)))
+    save_dataset(subset, compute_statistics(report), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_disjoint_dir(shared_layouts, tmp_path_factory) -> Path:
+    """Real rows of the source-disjoint layout, saved as the build saves it (with its stats.json):
+    train 8, validation 4 and test 6 rows, half of each per task."""
+    import datasets
+
+    from data_builders.hub import save_dataset
+    from data_builders.stats import compute_statistics
+
+    layouts, report = shared_layouts
+    dataset = layouts[report.layout]
+    path = tmp_path_factory.mktemp("tiny-disjoint")
+    subset = datasets.DatasetDict({split: dataset[split].select(_pick(dataset[split], n))
+                                   for split, n in (("train", 4), ("validation", 2), ("test", 3))})
+    save_dataset(subset, compute_statistics(report), path)
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from clipseg_drywall.inference import mask_file_name
-from clipseg_drywall.prompts import TASKS, canonical_prompt
+from clipseg_drywall.prompts import PROMPTS, TASKS, canonical_prompt
 
 from .conftest import REPO, requires_shared
 
@@ -46,33 +47,53 @@ def test_metric_module_loads_offline_and_matches_metrics_py():
         predictions=[np.zeros((3, 3), bool)], references=[np.zeros((3, 3), bool)])["miou"] == 1.0
 
 
-@pytest.fixture(scope="module")
-def evaluated(tiny_model_dir, tiny_drywall_dir, tmp_path_factory):
-    """A copy of the tiny model evaluated on 4 real validation rows, by the script, from the repo root."""
-    root = tmp_path_factory.mktemp("evaluated")
-    model_dir, output_dir = root / "model", root / "eval"
-    shutil.copytree(tiny_model_dir, model_dir)
-    command = [sys.executable, "evaluate.py", "--model_path", str(model_dir), "--dataset_path", str(tiny_drywall_dir),
-               "--split", "validation", "--output_dir", str(output_dir), "--batch_size", "2", "--latency_images", "2",
-               "--figure_cases", "1"]
+def _evaluate(model_dir, data_dir, output_dir, *extra: str) -> dict:
+    command = [sys.executable, "evaluate.py", "--model_path", str(model_dir), "--dataset_path", str(data_dir),
+               "--output_dir", str(output_dir), "--batch_size", "2", "--latency_images", "2", "--figure_cases", "1",
+               *extra]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    return model_dir, output_dir, json.loads((output_dir / "metrics.json").read_text())
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, tiny_disjoint_dir, tiny_drywall_dir, tmp_path_factory):
+    """A copy of the tiny model evaluated by the script, from the repo root: on the official validation
+    split (threshold calibrated on train), then with the defaults on the source-disjoint data
+    (calibrated on validation, scored on test)."""
+    root = tmp_path_factory.mktemp("evaluated")
+    model_dir = root / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    official = _evaluate(model_dir, tiny_drywall_dir, root / "official", "--split", "validation",
+                         "--calibration_split", "train")
+    honest = _evaluate(model_dir, tiny_disjoint_dir, root / "eval")
+    return model_dir, root / "eval", honest, official
 
 
 @requires_shared
 def test_metrics_json_shape(evaluated):
-    _, output_dir, metrics = evaluated
+    _, output_dir, metrics, _ = evaluated
+    assert metrics["dataset"]["split"] == "test" and metrics["dataset"]["layout"] == "source-disjoint"
+    assert metrics["dataset"]["leaked_images"] == {"crack": 0, "taping": 0}
     assert set(metrics["tasks"]) == set(TASKS)
     for task, block in metrics["tasks"].items():
         assert block["prompt"] == canonical_prompt(task)
-        assert {"miou", "dice", "dataset_iou", "n_images"} <= set(block) and block["n_images"] == 2
+        assert {"miou", "dice", "dataset_iou", "n_images", "ci95"} <= set(block) and block["n_images"] == 3
+        for key in ("miou", "dice", "dataset_iou"):
+            low, high = block["ci95"][key]
+            assert low <= block[key] <= high
         fidelity = metrics["prompt_fidelity"][task]
         assert {"foreground_fraction_other_prompt", "foreground_fraction_own_prompt"} <= set(fidelity)
+    calibration = metrics["calibration"]
     assert 0.05 <= metrics["threshold"] <= 0.95 and metrics["threshold_source"] == "sweep on validation"
-    assert len(metrics["threshold_sweep"]) == 19
-    best = max(row["mean_iou"] for row in metrics["threshold_sweep"].values())
-    assert metrics["threshold_sweep"][str(metrics["threshold"])]["mean_iou"] == best
+    assert calibration["split"] == "validation" and not metrics["threshold_tuned_on_scored_split"]
+    assert len(calibration["sweep"]) == 19
+    best = max(row["mean_iou"] for row in calibration["sweep"].values())
+    assert calibration["sweep"][str(metrics["threshold"])]["mean_iou"] == best
+    prompts = {(row["task"], row["prompt"]): row for row in metrics["prompts"]}
+    assert len(prompts) == len(PROMPTS["crack"]) + len(PROMPTS["taping"]) + 4
+    assert not prompts[("crack", "hairline crack in plaster")]["in_vocabulary"]
+    assert prompts[("taping", "segment taping area")]["miou"] == pytest.approx(metrics["tasks"]["taping"]["miou"])
     footprint = metrics["footprint"]
     assert {"params_total", "params_trainable", "size_on_disk_mb", "inference_ms_per_image",
             "inference_ms_per_image_batched", "device", "peak_memory_mb"} <= set(footprint)
@@ -81,11 +102,15 @@ def test_metrics_json_shape(evaluated):
 
 
 @requires_shared
-def test_pngs_recomputed_independently_match_metrics(evaluated, tiny_drywall_dir):
-    _, output_dir, metrics = evaluated
-    rows = datasets.load_from_disk(str(tiny_drywall_dir))["validation"]
+def test_per_image_csv_and_pngs_match_metrics(evaluated, tiny_disjoint_dir):
+    """Masks re-read from the PNGs and scored here, independently, give the CSV rows and the summary."""
+    _, output_dir, metrics, _ = evaluated
+    rows = datasets.load_from_disk(str(tiny_disjoint_dir))["test"]
+    with (output_dir / "per_image.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["image_id"] for r in table] == rows["image_id"]
     per_task: dict[str, list[tuple[float, float, int, int]]] = {t: [] for t in TASKS}
-    for row in rows:
+    for row, record in zip(rows, table):
         target = np.asarray(row["mask"]) == 255
         for task in TASKS:  # a PNG per (image, prompt), single-channel {0,255}, the image's size
             png = Image.open(output_dir / "masks" / mask_file_name(row["image_id"], canonical_prompt(task)))
@@ -94,43 +119,77 @@ def test_pngs_recomputed_independently_match_metrics(evaluated, tiny_drywall_dir
         prediction = np.asarray(Image.open(output_dir / "masks" / mask_file_name(row["image_id"], canonical_prompt(row["task"])))) == 255
         inter, union = int((prediction & target).sum()), int((prediction | target).sum())
         total = int(prediction.sum() + target.sum())
-        per_task[row["task"]].append((1.0 if union == 0 else inter / union, 1.0 if total == 0 else 2 * inter / total, inter, union))
+        iou, dice = 1.0 if union == 0 else inter / union, 1.0 if total == 0 else 2 * inter / total
+        assert (record["task"], record["prompt"]) == (row["task"], canonical_prompt(row["task"]))
+        assert float(record["iou"]) == pytest.approx(iou) and float(record["dice"]) == pytest.approx(dice)
+        assert float(record["predicted_fraction"]) == pytest.approx(prediction.mean())
+        assert float(record["true_fraction"]) == pytest.approx(target.mean())
+        per_task[row["task"]].append((iou, dice, inter, union))
     for task, scores in per_task.items():
         reported = metrics["tasks"][task]
-        assert np.mean([s[0] for s in scores]) == pytest.approx(reported["miou"], abs=1e-4)
-        assert np.mean([s[1] for s in scores]) == pytest.approx(reported["dice"], abs=1e-4)
+        assert np.mean([s[0] for s in scores]) == pytest.approx(reported["miou"], abs=1e-6)
+        assert np.mean([s[1] for s in scores]) == pytest.approx(reported["dice"], abs=1e-6)
         union = sum(s[3] for s in scores)
-        assert (sum(s[2] for s in scores) / union if union else 1.0) == pytest.approx(reported["dataset_iou"], abs=1e-4)
+        assert (sum(s[2] for s in scores) / union if union else 1.0) == pytest.approx(reported["dataset_iou"], abs=1e-6)
 
 
 @requires_shared
 def test_threshold_and_card_written_into_model(evaluated):
     from huggingface_hub import ModelCard
 
-    model_dir, _, metrics = evaluated
+    model_dir, _, metrics, official = evaluated
     assert json.loads((model_dir / "config.json").read_text())["segmentation_threshold"] == metrics["threshold"]
-    assert (model_dir / "evaluation" / "metrics.json").is_file() and (model_dir / "evaluation" / "best_worst.png").is_file()
+    stored = model_dir / "evaluation"
+    assert (stored / "source-disjoint_test.json").is_file() and (stored / "source-disjoint_test.png").is_file()
+    assert (stored / "default_validation.json").is_file()
     card = ModelCard.load(model_dir / "README.md")
-    assert f"{metrics['tasks']['crack']['miou']:.4f}" in card.text
+    honest = card.text.index("Source-disjoint `test` split (the honest estimate)")
+    leaky = card.text.index("Official Roboflow `validation` split")
+    assert honest < leaky and "**Leaky:**" in card.text[leaky:]
+    assert f"{metrics['tasks']['crack']['miou']:.4f}" in card.text[honest:leaky]
+    assert f"{official['tasks']['crack']['miou']:.4f}" in card.text[leaky:]
+    low, high = metrics["tasks"]["taping"]["ci95"]["miou"]
+    assert f"[{low:.3f}, {high:.3f}]" in card.text
+    assert '"hairline crack in plaster"' in card.text and "paraphrase" in card.text
     assert f"{metrics['footprint']['params_total']:,}" in card.text
-    assert "evaluation/best_worst.png" in card.text
+    assert "evaluation/source-disjoint_test.png" in card.text
 
 
 @requires_shared
-def test_card_metadata_round_trips(evaluated):
+def test_card_metadata_round_trips_and_indexes_the_honest_split(evaluated):
     from huggingface_hub import ModelCard, ModelCardData
 
-    model_dir, _, metrics = evaluated
+    model_dir, _, metrics, _ = evaluated
     data = ModelCard.load(model_dir / "README.md").data
     again = ModelCardData(**data.to_dict())
     assert again.to_dict() == data.to_dict()
     assert (data.base_model, data.library_name, data.pipeline_tag, data.license) == (
         "CIDAS/clipseg-rd64-refined", "transformers", "image-segmentation", "apache-2.0")
-    assert data.datasets == ["org/drywall-qa"]
+    assert not data.get("datasets")  # no run record: no dataset id to name
     found = {(r.dataset_config, r.metric_type): (r.metric_value, r.dataset_split) for r in again.eval_results}
+    assert {split for _, split in found.values()} == {"test"}
     for task in TASKS:
-        assert found[(task, "iou")] == (pytest.approx(metrics["tasks"][task]["miou"], abs=1e-4), "validation")
-        assert found[(task, "dice")] == (pytest.approx(metrics["tasks"][task]["dice"], abs=1e-4), "validation")
+        assert found[(f"source-disjoint/{task}", "iou")] == (pytest.approx(metrics["tasks"][task]["miou"], abs=1e-4), "test")
+        assert found[(f"source-disjoint/{task}", "dice")] == (pytest.approx(metrics["tasks"][task]["dice"], abs=1e-4), "test")
+
+
+@requires_shared
+def test_calibrating_on_the_scored_split_is_refused_unless_asked(evaluated, tiny_disjoint_dir, tmp_path):
+    from clipseg_drywall.arguments import EvaluationArguments
+    from clipseg_drywall.run_evaluation import evaluate_model
+
+    model_dir, _, _, _ = evaluated
+    before = (model_dir / "config.json").read_text()
+    options = {"model_path": str(model_dir), "dataset_path": str(tiny_disjoint_dir), "split": "validation",
+               "latency_images": 0, "update_model": False, "prompt_robustness": False}
+    with pytest.raises(ValueError, match="refusing to score split 'validation' with a threshold tuned on that same"):
+        evaluate_model(EvaluationArguments(output_dir=str(tmp_path / "refused"), **options))
+    assert not (tmp_path / "refused").exists()
+    metrics = evaluate_model(EvaluationArguments(output_dir=str(tmp_path / "allowed"),
+                                                 allow_calibration_on_scored_split=True, **options))
+    assert metrics["threshold_tuned_on_scored_split"] and metrics["prompts"] is None
+    assert json.loads((tmp_path / "allowed" / "metrics.json").read_text())["threshold_tuned_on_scored_split"]
+    assert (model_dir / "config.json").read_text() == before  # update_model false
 
 
 @requires_shared
@@ -138,12 +197,12 @@ def test_fixed_threshold_on_another_split_keeps_config(evaluated, tiny_drywall_d
     from clipseg_drywall.arguments import EvaluationArguments
     from clipseg_drywall.run_evaluation import evaluate_model
 
-    model_dir, _, _ = evaluated
+    model_dir, _, _, _ = evaluated
     before = (model_dir / "config.json").read_text()
     metrics = evaluate_model(EvaluationArguments(
         model_path=str(model_dir), dataset_path=str(tiny_drywall_dir), split="train", max_samples=2,
         output_dir=str(tmp_path), threshold=0.3, latency_images=0, update_model=False))
-    assert metrics["threshold"] == 0.3 and metrics["threshold_sweep"] is None and "footprint" not in metrics
+    assert metrics["threshold"] == 0.3 and "sweep" not in metrics["calibration"] and "footprint" not in metrics
     assert (model_dir / "config.json").read_text() == before
     with pytest.raises(ValueError, match="no split 'nope'"):
         evaluate_model(EvaluationArguments(model_path=str(model_dir), dataset_path=str(tiny_drywall_dir),

@@ -75,3 +75,30 @@ def test_counts_give_the_documented_conventions():
     assert scores_from_counts([0], [5], [0])["miou"] == 0.0
     assert scores_from_counts([2, 0], [4, 0], [2, 0]) == {"miou": 0.75, "dice": pytest.approx((2 / 3 + 1) / 2),
                                                           "dataset_iou": 0.5, "n_images": 2}
+
+
+def _statistics_of(n: int, seed: int) -> ImageStatistics:
+    """`n` crack images whose per-image IoU scatters around 0.5 (counts drawn at random)."""
+    generator = np.random.default_rng(seed)
+    target = generator.integers(50, 150, n).astype(float)
+    predicted = generator.integers(50, 150, n).astype(float)
+    intersection = np.floor(np.minimum(target, predicted) * generator.uniform(0.3, 0.9, n))
+    return ImageStatistics((0.5,), np.zeros(n, int), np.zeros(n, bool), np.full(n, 400.0), target,
+                           intersection[:, None], predicted[:, None])
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_more_images():
+    from clipseg_drywall.evaluation import bootstrap_intervals
+
+    widths = []
+    for n in (20, 500):
+        statistics = _statistics_of(n, seed=n)
+        point = task_scores(statistics, 0.5)
+        intervals = bootstrap_intervals(statistics, 0.5, resamples=1000, seed=0)["crack"]
+        for key, name in (("miou", "iou_crack"), ("dice", "dice_crack"), ("dataset_iou", "dataset_iou_crack")):
+            low, high = intervals[key]
+            assert low < point[name] < high, (key, low, point[name], high)
+        widths.append(intervals["miou"][1] - intervals["miou"][0])
+        # seeded: the same resamples give the same interval
+        assert bootstrap_intervals(statistics, 0.5, resamples=1000, seed=0)["crack"] == intervals
+    assert widths[1] < widths[0] / 3  # ~1/sqrt(n): 25 times the images, about a fifth of the width

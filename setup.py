@@ -55,8 +55,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "clipseg-drywall-train = clipseg_drywall.run_training:main",
-            "clipseg-drywall-evaluate = clipseg_drywall.run_evaluation:main",
+            "clipseg-drywall-train = clipseg_drywall.cli:train",
+            "clipseg-drywall-evaluate = clipseg_drywall.cli:evaluate",
             "clipseg-drywall-predict = clipseg_drywall.predict:main",
             "clipseg-drywall-publish = clipseg_drywall.publish:main",
             "clipseg-drywall-dataset = data_builders.__main__:main",

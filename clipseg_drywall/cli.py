@@ -1,12 +1,17 @@
-"""What every command-line tool of the package shares.
+"""What every command-line tool of the package shares, and the console scripts' entry points.
 
 `ArgumentParser` accepts each long option in both spellings, `--dry_run` and `--dry-run`, as
 `HfArgumentParser` (train, evaluate) already does, so every command takes the same flag style.
+The entry points check a job's optional dependencies (its extra) before importing it, so a core
+install answers `clipseg-drywall-train` with the install command instead of an import traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import sys
 
 
 def _both_spellings(option: str) -> list[str]:
@@ -25,3 +30,28 @@ class ArgumentParser(argparse.ArgumentParser):
         if names and names[0].startswith("--") and "dest" not in kwargs:
             kwargs["dest"] = names[0][2:].replace("-", "_")
         return super().add_argument(*spelled, **kwargs)
+
+
+def require_extra(extra: str, modules: tuple[str, ...]) -> None:
+    """Fail at import with the install command when a job's optional dependencies are missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"this job needs {', '.join(missing)}, which the core install leaves out: "
+                          f"pip install 'clipseg-drywall[{extra}]'")
+
+
+def _run(extra: str, modules: tuple[str, ...], module: str) -> int:
+    try:
+        require_extra(extra, modules)
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return importlib.import_module(module).main()
+
+
+def train() -> int:
+    return _run("train", ("accelerate", "datasets", "matplotlib"), "clipseg_drywall.run_training")
+
+
+def evaluate() -> int:
+    return _run("eval", ("datasets", "evaluate", "matplotlib"), "clipseg_drywall.run_evaluation")

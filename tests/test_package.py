@@ -102,3 +102,12 @@ def test_restoring_the_stock_forward_is_one_call():
     with torch.no_grad():
         again = model(pixel_values=pixels, input_ids=tokens, output_attentions=True)
     assert torch.allclose(stock.logits, again.logits) and again.vision_model_output is not None
+
+
+def test_a_missing_extra_is_answered_with_the_install_command(capsys, monkeypatch):
+    from clipseg_drywall import cli
+
+    with pytest.raises(ImportError, match=r"needs no_such_module_xyz.*pip install 'clipseg-drywall\[train\]'"):
+        cli.require_extra("train", ("no_such_module_xyz",))
+    monkeypatch.setattr(cli, "require_extra", lambda extra, modules: (_ for _ in ()).throw(ImportError("needs x")))
+    assert cli.train() == 2 and "error: needs x" in capsys.readouterr().err

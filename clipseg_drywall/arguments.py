@@ -149,7 +149,7 @@ class EvaluationArguments(DatasetArguments):
     batch_size: int = 8
     threshold: float | None = field(default=None, metadata={"help": "Fixed threshold: no calibration."})
     prompt_robustness: bool = field(default=True, metadata={"help": "Also score every vocabulary prompt and a few paraphrases on their task's images."})
-    bootstrap_resamples: int = field(default=1000, metadata={"help": "Resamples of the 95% bootstrap intervals over images (seeded)."})
+    bootstrap_resamples: int = field(default=1000, metadata={"help": "Resamples of the 95%% bootstrap intervals over images (seeded)."})
     update_model: bool = field(
         default=True,
         metadata={"help": "Local model dir: write the calibrated threshold into config.json, copy metrics and the "

@@ -111,3 +111,13 @@ def test_a_missing_extra_is_answered_with_the_install_command(capsys, monkeypatc
         cli.require_extra("train", ("no_such_module_xyz",))
     monkeypatch.setattr(cli, "require_extra", lambda extra, modules: (_ for _ in ()).throw(ImportError("needs x")))
     assert cli.train() == 2 and "error: needs x" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["clipseg_drywall.run_training", "clipseg_drywall.run_evaluation",
+                                    "clipseg_drywall.predict", "clipseg_drywall.publish", "data_builders.__main__"])
+def test_every_command_prints_its_help(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(["--help"])
+    assert exit_info.value.code == 0 and "--" in capsys.readouterr().out

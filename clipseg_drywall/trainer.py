@@ -50,8 +50,8 @@ def _is_decoder(name: str) -> bool:
 class CLIPSegTrainer(Trainer):
     """The Trainer for `CLIPSegForImageSegmentation` on drywall rows (image, mask, prompt, task).
 
-    The model is changed in place, as the Trainer's own training changes it: the CLIP parameters
-    the decoder never reaches get `requires_grad=False` (all of CLIP with `freeze_encoder`), and
+    Building the trainer changes the model it is given, in place: the CLIP parameters the decoder
+    never reaches get `requires_grad=False` (all of CLIP with `freeze_encoder`), and
     the instance's `forward` becomes the gradient path of `modeling.use_gradient_forward` (the
     stock forward runs CLIP under `no_grad`, so an encoder learning rate would train nothing).
     The class is untouched, so checkpoints stay plain `CLIPSegForImageSegmentation`; call

@@ -43,6 +43,9 @@ def load_dataset_dict(args: DatasetArguments):
     import datasets
 
     if args.dataset_path:
+        if not (Path(args.dataset_path) / "dataset_dict.json").is_file():
+            raise FileNotFoundError(f"--dataset_path {args.dataset_path}: no saved DatasetDict there; build one with "
+                                    f"`python -m data_builders build ... --output {args.dataset_path}`")
         dataset = datasets.load_from_disk(args.dataset_path)
     else:
         dataset = datasets.load_dataset(args.dataset_name, args.dataset_config)

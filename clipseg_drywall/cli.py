@@ -9,8 +9,10 @@ install answers `clipseg-drywall-train` with the install command instead of an i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import os
 import sys
 
 
@@ -55,3 +57,16 @@ def train() -> int:
 
 def evaluate() -> int:
     return _run("eval", ("datasets", "evaluate", "matplotlib"), "clipseg_drywall.run_evaluation")
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A usage or input problem (bad path, bad argument, missing split) as one `error:` line and exit
+    status 2 instead of a traceback; CLIPSEG_DRYWALL_TRACEBACK=1 shows the traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as error:
+        if os.environ.get("CLIPSEG_DRYWALL_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPSegConfig
 
 from .arguments import EvaluationArguments, load_dataset_dict, parse_arguments, select_split
+from .cli import user_errors
 from .evaluation import (
     SWEEP,
     ImageStatistics,
@@ -89,6 +90,8 @@ def segment_and_score(segmenter: Segmenter, split, batch_size: int, thresholds: 
     out = ScoredSplit()
     parts: list[ImageStatistics] = []
     per_prompt: dict[str, list[ImageStatistics]] = {p: [] for p in prompts if robustness}
+    scored_prompts = {t: [(i, p) for i, p in enumerate(prompts) if robustness and p in robustness_prompts(t)]
+                      for t in TASKS}
     seen: set[str] = set()
     columns = split.select_columns(["image", "mask", "task", "image_id"])
     with tqdm(total=len(split), desc=desc, unit="image") as progress:
@@ -103,10 +106,9 @@ def segment_and_score(segmenter: Segmenter, split, batch_size: int, thresholds: 
                 own, other = TASKS.index(task), TASKS.index(other_task(task))
                 parts.append(image_statistics([probabilities[own], probabilities[other]],
                                               [target, torch.zeros_like(target)], [own, own], [False, True], thresholds))
-                for index, prompt in enumerate(prompts):
-                    if robustness and prompt in robustness_prompts(task):
-                        per_prompt[prompt].append(image_statistics([probabilities[index]], [target], [own], [False],
-                                                                   thresholds))
+                for index, prompt in scored_prompts[task]:
+                    per_prompt[prompt].append(image_statistics([probabilities[index]], [target], [own], [False],
+                                                               thresholds))
                 out.logits.append(image_logits[: len(TASKS)].clone())
                 out.sizes.append(size)
                 out.tasks.append(task)
@@ -344,8 +346,9 @@ def format_metrics(metrics: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = parse_arguments((EvaluationArguments,), argv)
-    metrics = evaluate_model(args)
+    with user_errors():
+        (args,) = parse_arguments((EvaluationArguments,), argv)
+        metrics = evaluate_model(args)
     print(format_metrics(metrics))
     print(f"wrote {Path(args.output_dir) / METRICS_FILE} and {Path(args.output_dir) / PER_IMAGE_FILE}")
     return 0

@@ -27,6 +27,7 @@ from .arguments import (
     load_train_eval_splits,
     parse_arguments,
 )
+from .cli import user_errors
 from .collator import CLIPSegCollator, resize_images
 from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
 from .footprint import device_name
@@ -124,12 +125,14 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
-    model_args, data_args, training_args = parse_training_arguments(argv)
+    with user_errors():
+        model_args, data_args, training_args = parse_training_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     use_every_core(training_args)
-    trainer = build_trainer(model_args, data_args, training_args, callbacks)
+    with user_errors():  # paths, splits, model and processor are checked here, before any training
+        trainer = build_trainer(model_args, data_args, training_args, callbacks)
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() == "true":
         resume = True  # the last checkpoint in output_dir

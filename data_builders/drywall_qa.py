@@ -264,20 +264,10 @@ def build_layouts(
     return layouts, report
 
 
-def build(
-    cracks: Sequence[str | Path] = (),
-    joints: Sequence[str | Path] = (),
-    seed: int = 0,
-    split_by_source: bool = False,
-    validation_ratio: float = 0.15,
-    hash_distance: int = 4,
-    cache_dir: str | Path | None = None,
-    test_ratio: float = 0.15,
-) -> tuple[datasets.DatasetDict, BuildReport]:
-    """The DatasetDict of the asked-for layout (source-disjoint with `split_by_source`), with the build report."""
-    layouts, report = build_layouts(
-        cracks, joints, seed, split_by_source, validation_ratio, hash_distance, cache_dir, test_ratio
-    )
+def build(cracks: Sequence[str | Path] = (), joints: Sequence[str | Path] = (), **options) -> tuple[datasets.DatasetDict, BuildReport]:
+    """The DatasetDict of the asked-for layout (source-disjoint with `split_by_source`), with the build
+    report; `options` are `build_layouts`'s."""
+    layouts, report = build_layouts(cracks, joints, **options)
     return layouts[report.layout], report
 
 

@@ -121,3 +121,18 @@ def test_every_command_prints_its_help(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(module).main(["--help"])
     assert exit_info.value.code == 0 and "--" in capsys.readouterr().out
+
+
+def test_train_and_evaluate_answer_a_bad_path_in_one_line(tmp_path, capsys):
+    from clipseg_drywall import run_evaluation, run_training
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_training.main([str(tmp_path / "typo.json")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'typo.json'}: no such recipe file"
+    with pytest.raises(SystemExit) as exit_info:
+        run_evaluation.main(["--model_path", "m", "--dataset_path", str(tmp_path / "nope"),
+                             "--output_dir", str(tmp_path / "out"), "--threshold", "0"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["error: --threshold must be in (0, 1), got 0.0"] and not (tmp_path / "out").exists()

@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 import numpy as np
 from transformers import TrainerCallback
 
@@ -36,10 +35,13 @@ from benchmarks.common import SHARED  # noqa: E402
 from clipseg_drywall.arguments import (  # noqa: E402
     CLIPSegTrainingArguments,
     DataArguments,
+    DatasetArguments,
     EvaluationArguments,
     ModelArguments,
+    load_dataset_dict,
     parse_arguments,
 )
+from clipseg_drywall.cli import user_errors  # noqa: E402
 from clipseg_drywall.collator import mask_array  # noqa: E402
 from clipseg_drywall.metrics import mask_counts, scores_from_counts  # noqa: E402
 from clipseg_drywall.prompts import TASKS  # noqa: E402
@@ -141,9 +143,12 @@ def _spread(values: list[float]) -> str:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    dataset = datasets.load_from_disk(args.dataset_path)
-    if "test" not in dataset:
-        raise SystemExit(f"{args.dataset_path} has no test split: build it with --split-by-source")
+    with user_errors():
+        dataset = load_dataset_dict(DatasetArguments(dataset_path=args.dataset_path))
+    stats = Path(args.dataset_path) / "stats.json"
+    if not stats.is_file() or json.loads(stats.read_text()).get("layout") != "source-disjoint":
+        raise SystemExit(f"error: {args.dataset_path} is not a source-disjoint build: make one with "
+                         "`python -m data_builders build ... --split-by-source`")
     runs = [run_seed(args, seed) for seed in args.seeds]
     reference = baselines(list(dataset["train"]), list(dataset["test"]))
     report = {"recipe": json.loads(Path(args.recipe).read_text()), "override": args.override, "runs": runs,

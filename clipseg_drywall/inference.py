@@ -11,7 +11,6 @@ Numerics are those of the stock `CLIPSegForImageSegmentation.forward` (same func
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +22,7 @@ from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
 from .modeling import decode, native_probabilities, text_embeddings, threshold_of, vision_activations
-
-
-def prompt_slug(prompt: str) -> str:
-    """File-name form of a prompt: "segment joint/tape" -> "segment-joint-tape"."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
-    if not slug:
-        raise ValueError(f"prompt {prompt!r} has no letters or digits to name its mask file after")
-    return slug
-
-
-def mask_file_name(image_name: str | Path, prompt: str) -> str:
-    """`<image stem>__<prompt slug>.png`: the name every written mask has (CLI and evaluation)."""
-    return f"{Path(image_name).stem}__{prompt_slug(prompt)}.png"
-
+from .outputs import mask_file_name, prompt_slug  # noqa: F401  (part of this API)
 
 SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
 

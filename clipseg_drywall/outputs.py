@@ -1,0 +1,118 @@
+"""What the commands write, and how: mask file names, atomic writes, the index of a call.
+
+Mask files are named `<image stem>__<prompt slug>.png` (predict, evaluate, the demo's zip):
+- the slug is the prompt case-folded (NFKC), with every run of characters that are neither
+  letters nor digits (in any script: "墙上的裂缝" keeps its characters) turned into one `-`, and
+  cut to `MAX_SLUG_CHARS`;
+- a prompt with no letter or digit at all ("!!!", emoji) is named `prompt-<hash>`;
+- when two different prompts of one call would get the same slug ("segment crack" and
+  "Segment CRACK!"), each of them gets `-<hash>` appended. `<hash>` is the first 8 hex digits of
+  the SHA-1 of the prompt's UTF-8 text, so a name depends only on the prompt and its call.
+
+Every file is written to a temporary name beside its target and renamed into place, so a failure
+mid-write (disk full, a kill) never leaves a half-written mask. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MAX_SLUG_CHARS = 80
+INDEX_FILE = "index.csv"
+INDEX_COLUMNS = ("image", "prompt", "file")
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:8]
+
+
+def prompt_slug(prompt: str) -> str:
+    """File-name form of one prompt: "segment joint/tape" -> "segment-joint-tape" (see the module doc)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"empty prompt {prompt!r}: pass a text such as 'segment crack'")
+    text = unicodedata.normalize("NFKC", prompt).casefold()
+    slug = re.sub(r"[\W_]+", "-", text).strip("-")[:MAX_SLUG_CHARS].strip("-")
+    return slug or f"prompt-{prompt_hash(prompt)}"
+
+
+def prompt_slugs(prompts: Sequence[str]) -> dict[str, str]:
+    """{prompt: slug} for the distinct prompts of one call, no two slugs alike."""
+    distinct = list(dict.fromkeys(prompts))
+    slugs = {prompt: prompt_slug(prompt) for prompt in distinct}
+    shared = {slug for slug, count in Counter(slugs.values()).items() if count > 1}
+    return {p: f"{s}-{prompt_hash(p)}" if s in shared else s for p, s in slugs.items()}
+
+
+def mask_file_name(image_name: str | Path, prompt: str, slugs: dict[str, str] | None = None) -> str:
+    """`<image stem>__<prompt slug>.png`; pass the call's `prompt_slugs(...)` when it has several prompts."""
+    slug = slugs[prompt] if slugs is not None else prompt_slug(prompt)
+    return f"{Path(image_name).stem}__{slug}.png"
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target`, renamed onto it when the block succeeds, removed when it fails."""
+    target = Path(target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_image(image: Image.Image, target: Path, **save_options) -> Path:
+    """`image.save(target)`, atomically; the format follows the target's suffix."""
+    with atomic_path(target) as temporary:
+        image.save(temporary, format=Image.registered_extensions()[Path(target).suffix.lower()], **save_options)
+    return Path(target)
+
+
+def save_mask(mask: np.ndarray, target: Path) -> Path:
+    """A {0,255} uint8 mask as a single-channel PNG, atomically."""
+    return save_image(Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L"), target)
+
+
+def write_index(rows: Sequence[tuple[str, str, str]], target: Path) -> Path:
+    """The call's index: one CSV row of (image, prompt, file) per mask written."""
+    with atomic_path(target) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(INDEX_COLUMNS)
+        writer.writerows(rows)
+    return Path(target)
+
+
+def check_writable_folder(folder: Path, what: str = "--output") -> None:
+    """Fail before any work when `folder` cannot become a writable folder (it is not created here)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {folder} is a file, not a folder: give a folder path")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {folder}: {existing} is not writable; choose another folder")

@@ -13,7 +13,9 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
+from pathlib import Path
 
 
 def _both_spellings(option: str) -> list[str]:
@@ -70,3 +72,21 @@ def user_errors():
             raise
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_model_source(name_or_path: str, what: str = "--model") -> None:
+    """Before any model loads: a local folder must hold a checkpoint; a path that looks local
+    (absolute, `./`, `~`, several `/`, or inside an existing folder) but does not exist is reported missing, not as a bad Hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"{what} {name_or_path} is a file; give the checkpoint folder (config.json inside)")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{what} {name_or_path} has no config.json: give a folder written by save_pretrained")
+        return
+    text = str(name_or_path)
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text \
+            or ("/" in text and path.parent.is_dir()):  # "runs/model" beside an existing runs/
+        raise FileNotFoundError(f"{what} {name_or_path}: no such folder")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text):
+        raise ValueError(f"{what} {name_or_path!r} is neither a local folder nor a Hub id like 'org/clipseg-drywall'")

@@ -12,7 +12,6 @@ Numerics are those of the stock `CLIPSegForImageSegmentation.forward` (same func
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
 from .modeling import decode, native_probabilities, text_embeddings, threshold_of, vision_activations
-from .outputs import mask_file_name, prompt_slug  # noqa: F401  (part of this API)
+from .outputs import Segmentation, mask_file_name, prompt_slug  # noqa: F401  (part of this API)
 
 SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
 
@@ -54,15 +53,6 @@ def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[st
             layer.compile(dynamic=False)
         model.decoder.compile(dynamic=False)
     return model
-
-
-@dataclass
-class Segmentation:
-    """Native-size results of one image: `probabilities[prompt]` (float32) or `masks[prompt]` (uint8 {0,255})."""
-
-    size: tuple[int, int]  # (width, height), PIL order
-    masks: dict[str, np.ndarray]
-    probabilities: dict[str, np.ndarray] | None = None
 
 
 class Segmenter:

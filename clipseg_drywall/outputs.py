@@ -24,6 +24,7 @@ import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,16 @@ from PIL import Image
 MAX_SLUG_CHARS = 80
 INDEX_FILE = "index.csv"
 INDEX_COLUMNS = ("image", "prompt", "file")
+
+
+@dataclass
+class Segmentation:
+    """Native-size results of one image, from any backend: `masks[prompt]` (uint8 {0,255}, (height, width))
+    and, when asked for, `probabilities[prompt]` (float32)."""
+
+    size: tuple[int, int]  # (width, height), PIL order
+    masks: dict[str, np.ndarray]
+    probabilities: dict[str, np.ndarray] | None = None
 
 
 def prompt_hash(prompt: str) -> str:

@@ -8,6 +8,7 @@ drywall-QA study.
 from __future__ import annotations
 
 import random
+import warnings
 
 TASKS: tuple[str, ...] = ("crack", "taping")
 
@@ -80,3 +81,12 @@ def sample_prompt(task: str, rng: random.Random) -> str:
 
 def canonical_prompt(task: str) -> str:
     return CANONICAL_PROMPTS[check_task(task)]
+
+
+def warn_truncated(prompt: str, n_tokens: int, limit: int) -> None:
+    """The one warning every path gives (training, inference, evaluation, ONNX, the demo) when a
+    prompt is longer than the text encoder reads: it is cut to its first `limit` tokens, as CLIP
+    pipelines do, instead of failing."""
+    shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    warnings.warn(f"prompt {shown!r} has {n_tokens} tokens; the text encoder reads only the first {limit}, "
+                  f"so it is truncated", UserWarning, stacklevel=3)

@@ -154,17 +154,19 @@ class EvaluationArguments(DatasetArguments):
     prompt_robustness: bool = field(default=True, metadata={"help": "Also score every vocabulary prompt and a few paraphrases on their task's images."})
     bootstrap_resamples: int = field(default=1000, metadata={"help": "Resamples of the 95%% bootstrap intervals over images (seeded)."})
     update_model: bool = field(
-        default=True,
-        metadata={"help": "Local model dir: write the calibrated threshold into config.json, copy metrics and the "
-                          "figure into <model>/evaluation/ and re-render README.md."},
+        default=False,
+        metadata={"help": "Also write into the (local) model folder: the calibrated threshold into config.json, "
+                          "metrics and figure into <model>/evaluation/, and the re-rendered card as README.md. "
+                          "Off by default: evaluating changes nothing of the model's."},
     )
+    debug: bool = field(default=False, metadata={"help": "Show the full traceback of an error."})
     latency_images: int = field(default=16, metadata={"help": "Images timed for the footprint (0: skip timing)."})
     figure_cases: int = field(default=2, metadata={"help": "Best and worst cases per task in the figure."})
     device: str | None = None
     speed_options: list[str] = field(
         default_factory=list,
         metadata={"help": "Opt-in speed-ups to evaluate (bf16, int8, channels_last, compile): their IoU change is "
-                          "what decides whether they may be used. Use with --update_model false."},
+                          "what decides whether they may be used (leave --update_model off with them)."},
     )
 
     def __post_init__(self):

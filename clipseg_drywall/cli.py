@@ -27,7 +27,15 @@ def _both_spellings(option: str) -> list[str]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """`argparse.ArgumentParser` whose long options answer to `_` and `-` alike (help shows the first)."""
+    """`argparse.ArgumentParser` whose long options answer to `_` and `-` alike (help shows the first),
+    with a `--debug` flag (tracebacks, see `user_errors`) and usage errors on one line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
     def add_argument(self, *names, **kwargs):
         spelled = [spelling for name in names for spelling in _both_spellings(name)]
@@ -62,26 +70,33 @@ def evaluate() -> int:
 
 
 @contextlib.contextmanager
-def user_errors():
-    """A usage or input problem (bad path, bad argument, missing split) as one `error:` line and exit
-    status 2 instead of a traceback; CLIPSEG_DRYWALL_TRACEBACK=1 shows the traceback."""
+def user_errors(argv: list[str] | None = None):
+    """A usage or input problem (bad path, bad argument, missing split, unwritable folder) as one
+    `error:` line and exit status 2 instead of a traceback. `--debug` among the arguments, or
+    CLIPSEG_DRYWALL_TRACEBACK=1, shows the traceback instead."""
+    arguments = sys.argv[1:] if argv is None else argv
     try:
         yield
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as error:
-        if os.environ.get("CLIPSEG_DRYWALL_TRACEBACK"):
+    except (ValueError, OSError, ImportError) as error:
+        if os.environ.get("CLIPSEG_DRYWALL_TRACEBACK") or "--debug" in arguments:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def check_model_source(name_or_path: str, what: str = "--model") -> None:
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) or type(error).__name__
+
+
+def check_model_source(name_or_path: str, what: str = "--model", needs_config: bool = True) -> None:
     """Before any model loads: a local folder must hold a checkpoint; a path that looks local
     (absolute, `./`, `~`, several `/`, or inside an existing folder) but does not exist is reported missing, not as a bad Hub id."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise NotADirectoryError(f"{what} {name_or_path} is a file; give the checkpoint folder (config.json inside)")
-        if not (path / "config.json").is_file():
+        if needs_config and not (path / "config.json").is_file():
             raise FileNotFoundError(f"{what} {name_or_path} has no config.json: give a folder written by save_pretrained")
         return
     text = str(name_or_path)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .losses import IGNORE_INDEX
-from .prompts import TASKS, canonical_prompt, other_task, sample_prompt
+from .prompts import TASKS, canonical_prompt, other_task, sample_prompt, tokenize_prompts
 
 
 def mask_array(mask: Image.Image) -> np.ndarray:
@@ -126,9 +126,10 @@ class CLIPSegCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         images, prompts, masks, negatives = zip(*(self.example(row) for row in rows))
-        batch = self.processor(images=list(images), text=list(prompts), padding=True, return_tensors="pt")
+        pixel_values = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        batch = tokenize_prompts(self.processor.tokenizer, list(prompts), padding=True, return_tensors="pt")
         return {
-            "pixel_values": batch["pixel_values"],
+            "pixel_values": pixel_values,
             "input_ids": batch["input_ids"],
             "attention_mask": batch["attention_mask"],
             "labels": pad_masks(list(masks)),

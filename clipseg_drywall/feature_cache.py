@@ -28,7 +28,7 @@ from transformers import CLIPSegForImageSegmentation
 
 from .collator import CLIPSegCollator, pad_masks
 from .modeling import text_embeddings, vision_activations
-from .prompts import TASKS, all_prompts
+from .prompts import TASKS, all_prompts, tokenize_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _write(model, processor, dataset, path: Path, batch_size: int) -> None:
         activations[start : start + len(batch)] = stacked.float().cpu().numpy()
     activations.flush()
     prompts = all_prompts()
-    tokens = processor.tokenizer(prompts, padding=True, return_tensors="pt").to(model.device)
+    tokens = tokenize_prompts(processor.tokenizer, prompts, padding=True, return_tensors="pt").to(model.device)
     embeddings = text_embeddings(model, tokens["input_ids"], tokens["attention_mask"]).float().cpu().numpy()
     np.save(path / PROMPTS_FILE, embeddings)
     (path / META_FILE).write_text(json.dumps({"format": CACHE_FORMAT, "rows": len(images), "prompts": prompts}))

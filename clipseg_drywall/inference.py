@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
+from .backends import SPEED_OPTIONS
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
 from .modeling import decode, native_probabilities, text_embeddings, threshold_of, vision_activations
 from .outputs import Segmentation, mask_file_name, prompt_slug  # noqa: F401  (part of this API)
-
-SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
+from .prompts import tokenize_prompts
 
 
 def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[str] = ()) -> CLIPSegForImageSegmentation:
@@ -111,7 +111,8 @@ class Segmenter:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"empty prompt {prompt!r}: pass a text such as 'segment crack'")
             if prompt not in self._embeddings:
-                tokens = self.processor.tokenizer([prompt], return_tensors="pt").to(self.device)
+                limit = self.model.config.text_config.max_position_embeddings
+                tokens = tokenize_prompts(self.processor.tokenizer, [prompt], limit, return_tensors="pt").to(self.device)
                 self._embeddings[prompt] = text_embeddings(self.model, tokens["input_ids"], tokens["attention_mask"])[0]
         return torch.stack([self._embeddings[p] for p in prompts])
 

@@ -7,7 +7,9 @@ Mask files are named `<image stem>__<prompt slug>.png` (predict, evaluate, the d
 - a prompt with no letter or digit at all ("!!!", emoji) is named `prompt-<hash>`;
 - when two different prompts of one call would get the same slug ("segment crack" and
   "Segment CRACK!"), each of them gets `-<hash>` appended. `<hash>` is the first 8 hex digits of
-  the SHA-1 of the prompt's UTF-8 text, so a name depends only on the prompt and its call.
+  the SHA-1 of the prompt's UTF-8 text, so a name depends only on the prompt and its call;
+- predict also gives a prompt `-<hash>` when the folder's `index.csv` (written by every call, merged
+  with earlier ones) says its plain name holds another prompt's masks from an earlier call.
 
 Every file is written to a temporary name beside its target and renamed into place, so a failure
 mid-write (disk full, a kill) never leaves a half-written mask. Nothing here imports torch.
@@ -32,7 +34,7 @@ from PIL import Image
 
 MAX_SLUG_CHARS = 80
 INDEX_FILE = "index.csv"
-INDEX_COLUMNS = ("image", "prompt", "file")
+INDEX_COLUMNS = ("image", "prompt", "mask", "overlay")
 
 
 @dataclass
@@ -106,13 +108,31 @@ def save_mask(mask: np.ndarray, target: Path) -> Path:
     return save_image(Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L"), target)
 
 
-def write_index(rows: Sequence[tuple[str, str, str]], target: Path) -> Path:
-    """The call's index: one CSV row of (image, prompt, file) per mask written."""
+def read_index(folder: Path) -> dict[str, dict[str, str]]:
+    """{mask file: row} of the folder's index (empty when it has none)."""
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {row["mask"]: row for row in csv.DictReader(handle)}
+
+
+def update_index(folder: Path, rows: Sequence[dict[str, str]]) -> Path:
+    """Merge this call's rows into `<folder>/index.csv` (image, prompt, mask, overlay; file names relative
+    to the folder), so it always says what each mask file in the folder holds."""
+    merged = read_index(folder) | {row["mask"]: row for row in rows}
+    target = Path(folder) / INDEX_FILE
     with atomic_path(target) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(INDEX_COLUMNS)
-        writer.writerows(rows)
-    return Path(target)
+        writer = csv.DictWriter(handle, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        writer.writerows(merged[name] for name in sorted(merged))
+    return target
+
+
+def avoid_taken_names(slugs: dict[str, str], taken: dict[str, dict[str, str]]) -> dict[str, str]:
+    """`slugs` with `-<hash>` added to a prompt whose file names the folder's index gives to another prompt."""
+    taken_slugs = {name.removesuffix(".png").split("__", 1)[-1]: row["prompt"] for name, row in taken.items()}
+    return {p: f"{s}-{prompt_hash(p)}" if taken_slugs.get(s, p) != p else s for p, s in slugs.items()}
 
 
 def check_writable_folder(folder: Path, what: str = "--output") -> None:
@@ -125,5 +145,7 @@ def check_writable_folder(folder: Path, what: str = "--output") -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise NotADirectoryError(f"{what} {folder}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"{what} {folder}: {existing} is not writable; choose another folder")
+    try:  # a real probe: permission bits do not tell root about read-only mounts
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise PermissionError(f"{what} {folder}: cannot write in {existing} ({error.strerror}); choose another folder") from None

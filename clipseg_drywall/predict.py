@@ -1,9 +1,16 @@
 """`python -m clipseg_drywall.predict --model PATH_OR_HUB_ID --prompt "segment crack" --output DIR IMAGE_OR_DIR ...`
 
 Writes DIR/<image stem>__<prompt slug>.png (single-channel, {0,255}, the input's size) per image
-and prompt; `--overlay` adds DIR/<image stem>__<prompt slug>_overlay.jpg. An input that fails
-(unreadable file, folder without images) is reported at the end and the exit status is 1;
-the other images are still segmented.
+and prompt, and DIR/index.csv saying which image and prompt each file holds (merged with earlier
+calls into the same folder). Any non-empty prompt gets a file name; two prompts never share one
+(the naming rule: `clipseg_drywall/outputs.py`). `--overlay` adds <image stem>__<prompt slug>_overlay.jpg.
+Prompts longer than the text encoder reads (77 CLIP tokens) are truncated, with a warning.
+
+Mistakes in the call (no readable input at all, an output path that is a file or not writable, a
+model folder that does not exist) are one `error:` line and exit status 2, before the model loads.
+An input that fails on its own (unreadable file, folder without images) is reported at the end
+with exit status 1; the other images are still segmented. Every file is written atomically.
+`--backend onnx` runs an exported model (`python -m clipseg_drywall.export`) without torch.
 """
 
 from __future__ import annotations
@@ -17,9 +24,19 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cli import ArgumentParser
+from .backends import BACKENDS, SPEED_OPTIONS, load_segmenter
+from .cli import ArgumentParser, check_model_source, user_errors
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .inference import SPEED_OPTIONS, Segmenter, mask_file_name, prompt_slug
+from .outputs import (
+    avoid_taken_names,
+    check_writable_folder,
+    mask_file_name,
+    prompt_slugs,
+    read_index,
+    save_image,
+    save_mask,
+    update_index,
+)
 
 OVERLAY_COLOUR = (255, 0, 0)
 OVERLAY_ALPHA = 0.5
@@ -59,74 +76,102 @@ def _loaded(files: Sequence[Path], failures: list[tuple[str, str]]) -> Iterator[
 
 
 def predict(
-    segmenter: Segmenter,
+    segmenter,
     inputs: Sequence[str | Path],
     prompts: Sequence[str],
     output: Path,
     threshold: float | None = None,
     write_overlay: bool = False,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Segment every image of `inputs` under every prompt; returns (written files, failures)."""
-    for prompt in prompts:
-        prompt_slug(prompt)  # an unnameable prompt fails before any work
+    """Segment every image of `inputs` under every prompt (any backend's segmenter); returns
+    (written files, failures). `output/index.csv` lists what was written."""
+    prompts = list(dict.fromkeys(prompts))
+    output = Path(output)
+    slugs = avoid_taken_names(prompt_slugs(prompts), read_index(output))
     files, failures = image_files(inputs)
     output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    index: list[dict[str, str]] = []
     stems: dict[str, Path] = {}
     images = _loaded(files, failures)
-    with tqdm(total=len(files), desc="segmenting", unit="image") as progress:
-        while chunk := [item for _, item in zip(range(segmenter.batch_size), images)]:
-            kept = []
-            for path, image in chunk:
-                if image is None:
-                    continue
-                if path.stem in stems:  # same stem from another folder: its masks would be overwritten
-                    failures.append((str(path), f"same file name stem as {stems[path.stem]}; rename one of them"))
-                else:
-                    stems[path.stem] = path
-                    kept.append((path, image))
-            results = segmenter.iter_segment([image for _, image in kept], prompts, threshold) if kept else []
-            for (path, image), result in zip(kept, results):
-                for prompt, mask in result.masks.items():
-                    target = output / mask_file_name(path, prompt)
-                    Image.fromarray(mask, mode="L").save(target)
-                    written.append(target)
-                    if write_overlay:
-                        target = target.with_name(target.stem + "_overlay.jpg")
-                        overlay(image, mask).save(target, quality=90)
-                        written.append(target)
-            progress.update(len(chunk))
+    try:
+        with tqdm(total=len(files), desc="segmenting", unit="image") as progress:
+            while chunk := [item for _, item in zip(range(segmenter.batch_size), images)]:
+                kept = []
+                for path, image in chunk:
+                    if image is None:
+                        continue
+                    if path.stem in stems:  # same stem from another folder: its masks would be overwritten
+                        failures.append((str(path), f"same file name stem as {stems[path.stem]}; rename one of them"))
+                    else:
+                        stems[path.stem] = path
+                        kept.append((path, image))
+                results = segmenter.iter_segment([image for _, image in kept], prompts, threshold) if kept else []
+                for (path, image), result in zip(kept, results):
+                    for prompt, mask in result.masks.items():
+                        index.append(_write(output, path, image, prompt, mask, slugs, write_overlay, written))
+                progress.update(len(chunk))
+    finally:  # what was written stays listed, even when a later image stops the call
+        if index:
+            update_index(output, index)
     return written, failures
+
+
+def _write(output: Path, path: Path, image: Image.Image, prompt: str, mask: np.ndarray,
+           slugs: dict[str, str], write_overlay: bool, written: list[Path]) -> dict[str, str]:
+    target = save_mask(mask, output / mask_file_name(path, prompt, slugs))
+    written.append(target)
+    row = {"image": str(path), "prompt": prompt, "mask": target.name, "overlay": ""}
+    if write_overlay:
+        overlay_file = save_image(overlay(image, mask), target.with_name(target.stem + "_overlay.jpg"), quality=90)
+        written.append(overlay_file)
+        row["overlay"] = overlay_file.name
+    return row
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m clipseg_drywall.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    parser.add_argument("--model", required=True, help="checkpoint directory or Hub id")
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (an export folder with --backend onnx)")
     parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeatable)")
-    parser.add_argument("--output", required=True, type=Path, help="folder for the mask PNGs")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the mask PNGs and index.csv")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model config's)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per vision pass")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="torch (default) or onnx: an exported model on onnxruntime, without torch")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--speed", action="append", default=[], choices=SPEED_OPTIONS,
-                        help="opt-in CPU speed-up (repeatable); see README 'Performance' for each one's effect")
+                        help="opt-in CPU speed-up of the torch backend (repeatable); see README 'Performance'")
     parser.add_argument("--overlay", action="store_true", help="also write each mask over its image as a JPEG")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def check_call(args: argparse.Namespace) -> list[Path]:
+    """Every check that needs no model: the images to segment, or the error that stops the call."""
     for prompt in args.prompt:
-        if not prompt.strip() or not any(c.isalnum() for c in prompt):
-            parser.error(f"--prompt {prompt!r} is empty; give a text such as 'segment crack'")
+        if not prompt.strip():
+            raise ValueError(f"--prompt {prompt!r} is empty: give a text such as 'segment crack'")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
-        parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
-    segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, batch_size=args.batch_size,
-                                          device=args.device, speed_options=args.speed)
-    written, failures = predict(segmenter, args.inputs, args.prompt, args.output, write_overlay=args.overlay)
-    print(f"wrote {len(written)} files to {args.output} (threshold {segmenter.threshold})")
+        raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
+    files, failures = image_files(args.inputs)
+    if not files:
+        raise FileNotFoundError("nothing to segment: " + "; ".join(f"{name}: {why}" for name, why in failures))
+    check_writable_folder(args.output, "--output")
+    check_model_source(args.model, "--model")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    with user_errors(argv):
+        args = _parser().parse_args(argv)
+        check_call(args)
+        segmenter = load_segmenter(args.model, args.backend, threshold=args.threshold, batch_size=args.batch_size,
+                                   device=args.device, speed_options=args.speed)
+        written, failures = predict(segmenter, args.inputs, args.prompt, args.output, write_overlay=args.overlay)
+    print(f"wrote {len(written)} files and index.csv to {args.output} (threshold {segmenter.threshold})")
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for name, why in failures:

@@ -90,3 +90,13 @@ def warn_truncated(prompt: str, n_tokens: int, limit: int) -> None:
     shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
     warnings.warn(f"prompt {shown!r} has {n_tokens} tokens; the text encoder reads only the first {limit}, "
                   f"so it is truncated", UserWarning, stacklevel=3)
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int | None = None, **kwargs):
+    """`tokenizer(prompts, **kwargs)`, each prompt cut to the text encoder's `max_tokens` (default: the
+    tokenizer's `model_max_length`, CLIP's 77) with `warn_truncated`, instead of the encoder failing."""
+    limit = max_tokens or tokenizer.model_max_length
+    for prompt, ids in zip(prompts, tokenizer(list(prompts), verbose=False)["input_ids"]):
+        if len(ids) > limit:
+            warn_truncated(prompt, len(ids), limit)
+    return tokenizer(list(prompts), truncation=True, max_length=limit, **kwargs)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPSegConfig
 
 from .arguments import EvaluationArguments, load_dataset_dict, parse_arguments, select_split
-from .cli import user_errors
+from .cli import check_model_source, user_errors
 from .evaluation import (
     SWEEP,
     ImageStatistics,
@@ -45,9 +45,10 @@ from .evaluation import (
 from .figures import Case, case_grid
 from .footprint import footprint, model_files_dir
 from .images import load_image
-from .inference import Segmenter, mask_file_name
+from .inference import Segmenter
 from .metrics import dice, iou, scores_from_counts
 from .modeling import native_probabilities
+from .outputs import atomic_path, check_writable_folder, mask_file_name, save_mask
 from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def write_masks(scored: ScoredSplit, threshold: float, masks_dir: Path) -> None:
     for index, name in enumerate(tqdm(scored.names, desc="writing masks", unit="image")):
         masks = (scored.native(index) > threshold).to(torch.uint8).mul_(255).numpy()
         for task, mask in zip(TASKS, masks):
-            Image.fromarray(mask, mode="L").save(masks_dir / mask_file_name(name, canonical_prompt(task)))
+            save_mask(mask, masks_dir / mask_file_name(name, canonical_prompt(task)))
 
 
 def per_image_records(scored: ScoredSplit, threshold: float) -> list[dict]:
@@ -243,14 +244,26 @@ def choose_threshold(args: EvaluationArguments, segmenter: Segmenter, dataset, s
                        "tuned_on_scored_split": same, "sweep": {str(t): row for t, row in table.items()}}
 
 
+def check_arguments(args: EvaluationArguments) -> None:
+    """What needs no model or data, checked before either loads: the model source and the output folder."""
+    check_model_source(args.model_path, "--model_path")
+    check_writable_folder(args.output_dir, "--output_dir")
+    if args.update_model and not Path(args.model_path).is_dir():
+        raise ValueError(f"--update_model writes into a local model folder; {args.model_path} is a Hub id: "
+                         "download it (or drop --update_model)")
+    if args.update_model:
+        check_writable_folder(args.model_path, "--model_path (with --update_model)")
+
+
 def evaluate_model(args: EvaluationArguments) -> dict:
-    segmenter = Segmenter.from_pretrained(args.model_path, batch_size=args.batch_size, device=args.device,
-                                          speed_options=args.speed_options)
+    check_arguments(args)
     dataset = load_dataset_dict(args)
     split_name = args.split or ("test" if "test" in dataset else "validation")
     split = select_split(dataset, split_name, args.dataset_source, args.max_samples)
     if len(split) == 0:
         raise ValueError(f"split {split_name!r} of {args.dataset_source} is empty")
+    segmenter = Segmenter.from_pretrained(args.model_path, batch_size=args.batch_size, device=args.device,
+                                          speed_options=args.speed_options)
     threshold, calibration = choose_threshold(args, segmenter, dataset, split_name)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +298,8 @@ def evaluate_model(args: EvaluationArguments) -> dict:
     if cases:
         case_grid(cases, output_dir / FIGURE_FILE)
         metrics["figure"] = FIGURE_FILE
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    with atomic_path(output_dir / METRICS_FILE) as temporary:
+        temporary.write_text(json.dumps(metrics, indent=2))
 
     model_dir = Path(args.model_path)
     if args.update_model and model_dir.is_dir():
@@ -346,7 +360,7 @@ def format_metrics(metrics: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    with user_errors():
+    with user_errors(argv):
         (args,) = parse_arguments((EvaluationArguments,), argv)
         metrics = evaluate_model(args)
     print(format_metrics(metrics))

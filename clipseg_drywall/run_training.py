@@ -27,12 +27,13 @@ from .arguments import (
     load_train_eval_splits,
     parse_arguments,
 )
-from .cli import user_errors
+from .cli import check_model_source, user_errors
 from .collator import CLIPSegCollator, resize_images
 from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
 from .footprint import device_name
 from .model_card import write_model_card
 from .modeling import model_from_config
+from .outputs import check_writable_folder
 from .trainer import CLIPSegTrainer
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,25 @@ def tidy_output_dir(output_dir: Path, keep_checkpoints: bool) -> None:
             path.chmod(0o666 & ~umask)
 
 
+def check_sources(model_args: ModelArguments, data_args: DataArguments, training_args: CLIPSegTrainingArguments) -> None:
+    """Paths and ids that need no loading, checked before anything loads: model, processor, data, output."""
+    for flag in ("config_name", "tokenizer_name", "model_name_or_path"):
+        source = getattr(model_args, flag)
+        if source and not (flag == "model_name_or_path" and model_args.config_name):
+            check_model_source(source, f"--{flag}", needs_config=flag != "tokenizer_name")
+    if data_args.dataset_path and not (Path(data_args.dataset_path) / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"--dataset_path {data_args.dataset_path}: no saved DatasetDict there; build one with "
+                                f"`python -m data_builders build ... --output {data_args.dataset_path}`")
+    check_writable_folder(training_args.output_dir, "--output_dir")
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() != "true" and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder "
+                                "(or pass true for the last one in --output_dir)")
+
+
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: CLIPSegTrainingArguments,
                   callbacks: list | None = None) -> CLIPSegTrainer:
+    check_sources(model_args, data_args, training_args)
     set_seed(training_args.seed)  # before the model: random weights from a config depend on it
     model = load_model(model_args)
     processor = load_processor(model_args)
@@ -125,13 +143,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
-    with user_errors():
+    with user_errors(argv):
         model_args, data_args, training_args = parse_training_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     use_every_core(training_args)
-    with user_errors():  # paths, splits, model and processor are checked here, before any training
+    with user_errors(argv):  # paths, splits, model and processor are checked here, before any training
         trainer = build_trainer(model_args, data_args, training_args, callbacks)
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() == "true":

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from clipseg_drywall.cli import ArgumentParser
+from clipseg_drywall.cli import ArgumentParser, user_errors
+from clipseg_drywall.outputs import check_writable_folder
 
 from .drywall_qa import build_layouts
-from .exports import ExportError
 from .hub import load_saved, push_to_hub, save_dataset, write_parquet
 from .stats import compute_statistics, format_statistics
 
@@ -46,22 +46,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _build(args: argparse.Namespace) -> int:
     if not (args.cracks or args.joints):
-        print("error: give at least one --cracks PATH or --joints PATH", file=sys.stderr)
-        return 2
+        raise ValueError("give at least one --cracks PATH or --joints PATH")
+    for flag, folder in (("--output", args.output), ("--parquet-dir", args.parquet_dir)):
+        if folder is not None:
+            check_writable_folder(folder, flag)
     started = time.perf_counter()
-    try:
-        layouts, report = build_layouts(
-            args.cracks,
-            args.joints,
-            seed=args.seed,
-            split_by_source=args.split_by_source,
-            validation_ratio=args.validation_ratio,
-            hash_distance=args.hash_distance,
-            test_ratio=args.test_ratio,
-        )
-    except (ExportError, ValueError) as error:  # ValueError: split ratios that leave no train images
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    layouts, report = build_layouts(
+        args.cracks,
+        args.joints,
+        seed=args.seed,
+        split_by_source=args.split_by_source,
+        validation_ratio=args.validation_ratio,
+        hash_distance=args.hash_distance,
+        test_ratio=args.test_ratio,
+    )
     stats = compute_statistics(report)
     stats["build_seconds"] = round(time.perf_counter() - started, 1)
     save_dataset(layouts[report.layout], stats, args.output)  # train.py reads the asked-for layout
@@ -76,15 +74,21 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "build":
-        return _build(args)
+    """Usage and input mistakes (a missing export, a bad ratio, an unwritable output) are one `error:`
+    line with exit status 2 (ExportError is a ValueError); `--debug` shows the traceback."""
+    with user_errors(argv):
+        args = _parser().parse_args(argv)
+        if args.command == "build":
+            return _build(args)
+        return _push(args)
+
+
+def _push(args: argparse.Namespace) -> int:
     dataset, stats = load_saved(args.dataset)
     try:
         push_to_hub(dataset, stats, args.repo_id, private=args.private)
     except ValueError as error:  # a source-disjoint-only save cannot give the default configuration
-        print(f"error: {args.dataset}: {error}", file=sys.stderr)
-        return 2
+        raise ValueError(f"{args.dataset}: {error}") from None
     print(json.dumps({"pushed": args.repo_id, "rows": stats["rows"]}))
     return 0
 

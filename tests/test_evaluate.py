@@ -58,15 +58,15 @@ def _evaluate(model_dir, data_dir, output_dir, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_model_dir, tiny_disjoint_dir, tiny_drywall_dir, tmp_path_factory):
-    """A copy of the tiny model evaluated by the script, from the repo root: on the official validation
+    """A copy of the tiny model evaluated by the script (`--update_model`), from the repo root: on the official validation
     split (threshold calibrated on train), then with the defaults on the source-disjoint data
     (calibrated on validation, scored on test)."""
     root = tmp_path_factory.mktemp("evaluated")
     model_dir = root / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     official = _evaluate(model_dir, tiny_drywall_dir, root / "official", "--split", "validation",
-                         "--calibration_split", "train")
-    honest = _evaluate(model_dir, tiny_disjoint_dir, root / "eval")
+                         "--calibration_split", "train", "--update_model")
+    honest = _evaluate(model_dir, tiny_disjoint_dir, root / "eval", "--update_model")
     return model_dir, root / "eval", honest, official
 
 

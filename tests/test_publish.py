@@ -49,11 +49,16 @@ def test_dry_run_lists_files_and_hides_token(model_dir):
     assert run.returncode == 0, run.stderr
     assert "model.safetensors" in run.stdout and "README.md" in run.stdout and ".bin" not in run.stdout
     assert FAKE_TOKEN not in run.stdout + run.stderr
+    assert not (model_dir / "README.md").exists()  # the folder is left as it was
+    run = subprocess.run([*command, "--write_card"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=_env(HF_HUB_OFFLINE="1"))
+    assert run.returncode == 0, run.stderr
     assert "org/clipseg-drywall" in (model_dir / "README.md").read_text()  # card rendered for the repo
     # a real upload cannot run here: it fails cleanly, without the token in the message
     run = subprocess.run(command[:-1], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env=_env(HF_TOKEN=FAKE_TOKEN, HF_HUB_OFFLINE="1"))
-    assert run.returncode == 1 and "publishing failed" in run.stderr
+    assert run.returncode == 1 and "publishing to org/clipseg-drywall failed" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
     assert FAKE_TOKEN not in run.stdout + run.stderr
 
 
@@ -61,7 +66,9 @@ def test_missing_weights_named(tmp_path, capsys):
     from clipseg_drywall.publish import main
 
     (tmp_path / "config.json").write_text("{}")
-    assert main(["--model_dir", str(tmp_path), "--repo_id", "org/x", "--dry_run"]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_dir", str(tmp_path), "--repo_id", "org/x", "--dry_run"])
+    assert exit_info.value.code == 2
     assert "model.safetensors" in capsys.readouterr().err and not (tmp_path / "README.md").exists()
 
 

@@ -1,0 +1,38 @@
+"""Which segmenter a command runs, chosen by name, imported only when chosen.
+
+`torch` is the `inference.Segmenter` (PyTorch + transformers); `onnx` the onnxruntime one of
+`onnx_inference` (exported with `python -m clipseg_drywall.export`), which needs neither. This
+module imports neither, so `predict --backend onnx` runs on the slim install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+BACKENDS = ("torch", "onnx")
+# Opt-in speed-ups of the torch backend (see `inference.apply_speed_options`).
+SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
+
+
+def load_segmenter(
+    model: str,
+    backend: str = "torch",
+    threshold: float | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    speed_options: Iterable[str] = (),
+):
+    """A `Segmenter` (torch) or `OnnxSegmenter` (onnx) for `model`, a checkpoint or export folder or Hub id."""
+    if backend == "torch":
+        from .inference import Segmenter
+
+        return Segmenter.from_pretrained(model, threshold=threshold, batch_size=batch_size, device=device,
+                                         speed_options=speed_options)
+    if backend != "onnx":
+        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if device not in (None, "cpu") or list(speed_options):
+        raise ValueError("--device and --speed apply to the torch backend; the onnx backend runs on onnxruntime's CPU "
+                         "provider (export with --quantize int8 for its speed-up)")
+    module = importlib.import_module(".onnx_inference", __package__)
+    return module.OnnxSegmenter.from_pretrained(model, threshold=threshold, batch_size=batch_size)

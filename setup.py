@@ -24,6 +24,8 @@ class BuildWithCardTemplate(build_py):
 DATA = ["datasets>=4.0", "lxml"]
 TRAIN = ["accelerate>=1.0", "datasets>=4.0", "matplotlib"]
 EVAL = ["datasets>=4.0", "evaluate>=0.4", "matplotlib"]
+# OnnxSegmenter at run time (no torch needed: see README "Deploy"); the exporter also needs onnx
+ONNX = ["onnxruntime>=1.13", "tokenizers>=0.15", "onnx>=1.13"]
 ALL = sorted(set(DATA + TRAIN + EVAL))
 
 setup(
@@ -51,7 +53,8 @@ setup(
         "train": TRAIN,
         "eval": EVAL,
         "all": ALL,
-        "test": ALL + ["pytest>=8", "ruff"],
+        "onnx": ONNX,
+        "test": ALL + ["pytest>=8", "ruff"] + ONNX,
     },
     entry_points={
         "console_scripts": [
@@ -59,6 +62,7 @@ setup(
             "clipseg-drywall-evaluate = clipseg_drywall.cli:evaluate",
             "clipseg-drywall-predict = clipseg_drywall.predict:main",
             "clipseg-drywall-publish = clipseg_drywall.publish:main",
+            "clipseg-drywall-export = clipseg_drywall.export:main",
             "clipseg-drywall-dataset = data_builders.__main__:main",
         ]
     },

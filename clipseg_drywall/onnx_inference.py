@@ -1,0 +1,360 @@
+"""OnnxSegmenter: the `Segmenter` API on onnxruntime, with neither torch nor transformers.
+
+It reads a folder written by `python -m clipseg_drywall.export` and keeps the package's design:
+one image-encoder pass per batch of photos for every prompt, each prompt's embedding computed
+once (the 16 vocabulary prompts come precomputed), and only the small decoder run per
+(image, prompt) pair. Preprocessing (resize, rescale, normalise) and the upsampling of logits to
+each photo's size before the sigmoid are re-implemented here in numpy/Pillow, to the numerics of
+`CLIPSegProcessor` and `modeling.native_probabilities` (tests/test_onnx.py checks both).
+
+Only onnxruntime, numpy, Pillow, tokenizers and the package's torch-free modules are imported,
+so `pip install --no-deps clipseg-drywall onnxruntime numpy pillow tokenizers` is enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
+from .outputs import Segmentation
+from .prompts import warn_truncated
+
+# ---- the export format: written by export.py, read here (export.py imports these) ----
+
+FORMAT = "clipseg-drywall-onnx"
+FORMAT_VERSION = 1
+# Opset 17 has LayerNormalization as one op (fewer nodes, fused kernels in onnxruntime);
+# onnxruntime runs opset 17 from release 1.13 on.
+OPSET = 17
+MIN_ONNXRUNTIME = "1.13.0"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+EMBEDDINGS_FILE = "prompt_embeddings.npz"
+GRAPH_FILES = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx", "decoder": "decoder.onnx"}
+# what each graph carries in its metadata, so graphs of another export or config are caught
+FINGERPRINT_KEY = "clipseg_drywall.config_fingerprint"
+EXPORT_ID_KEY = "clipseg_drywall.export_id"
+PIXEL_INPUT = "pixel_values"
+CONDITIONAL_INPUT = "conditional_embeddings"
+DEFAULT_THRESHOLD = 0.5  # as modeling.DEFAULT_THRESHOLD, without importing torch
+# keys of a model config that change no graph: provenance and the calibrated threshold
+_UNFINGERPRINTED = ("segmentation_threshold", "transformers_version")
+
+
+class OnnxExportError(ValueError):
+    """An export folder that cannot be used: a corrupt or mismatched file (the message names it)."""
+
+
+class OnnxRuntimeTooOldError(OnnxExportError):
+    """The installed onnxruntime cannot run the export's opset."""
+
+
+def activation_name(index: int) -> str:
+    return f"activation_{index}"
+
+
+def config_fingerprint(model_config: dict) -> str:
+    """SHA-256 of the model config (canonical JSON) without the keys that change no graph."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in _UNFINGERPRINTED and not k.startswith("_")}
+        return value
+
+    as_stored = json.loads(json.dumps(model_config))  # as config.json holds it: keys are strings
+    text = json.dumps(strip(as_stored), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(1, 20, 1) from '1.20.1' or '1.20.1+cpu' (no `packaging` in the slim install)."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+# ---- numerics: the processor's preprocessing and native_probabilities, in numpy ----
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """CLIPSegProcessor's image steps: resize to a fixed square, rescale, normalise."""
+
+    size: tuple[int, int]  # (height, width)
+    resample: int  # a PIL resampling filter (2: bilinear)
+    rescale_factor: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(B, 3, height, width) float32, as `processor.image_processor(images)["pixel_values"]`."""
+        height, width = self.size
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        batch = []
+        for image in images:
+            resized = np.asarray(image.resize((width, height), resample=Image.Resampling(self.resample)))
+            # the processor rescales in float64 and normalises in float32: same order, same result
+            scaled = (resized.astype(np.float64) * self.rescale_factor).astype(np.float32)
+            batch.append(((scaled - mean) / std).transpose(2, 0, 1))
+        return np.ascontiguousarray(np.stack(batch), dtype=np.float32)
+
+
+def _linear_indices(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lower index, upper index, lower weight, upper weight) per output pixel along one axis, with
+    PyTorch's bilinear rule for align_corners=False: source = (target + 0.5) * scale - 0.5, clamped at 0.
+
+    PyTorch's CPU kernel computes that in float32 as one fused multiply-add (a single rounding), so the
+    product is taken exactly in float64 and rounded once: plain float32 arithmetic shifts some weights by
+    ~3e-5, which moves probabilities by up to 6e-5."""
+    scale = np.float64(np.float32(source / target))
+    centres = (np.arange(target, dtype=np.float32) + np.float32(0.5)).astype(np.float64)
+    position = np.maximum(centres * scale - 0.5, 0).astype(np.float32)
+    lower = np.minimum(position.astype(np.int64), source - 1)
+    upper = np.minimum(lower + 1, source - 1)
+    upper_weight = (position - lower).astype(np.float32)
+    return lower, upper, np.float32(1) - upper_weight, upper_weight
+
+
+def upsample_logits(logits: np.ndarray, height_width: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of logits (P, h, w) to (P, height, width), as `modeling.upsample_logits`
+    (no antialiasing: Pillow's resize would average over a wider window when shrinking)."""
+    height, width = height_width
+    if logits.shape[-2:] == (height, width):
+        return logits
+    top, bottom, top_weight, bottom_weight = _linear_indices(logits.shape[-2], height)
+    rows = logits[:, top, :] * top_weight[:, None] + logits[:, bottom, :] * bottom_weight[:, None]
+    left, right, left_weight, right_weight = _linear_indices(logits.shape[-1], width)
+    return rows[:, :, left] * left_weight + rows[:, :, right] * right_weight
+
+
+def native_probabilities(logits: np.ndarray, height_width: tuple[int, int]) -> np.ndarray:
+    """Probabilities (P, height, width): logits upsampled in float32 *before* the sigmoid.
+    The sigmoid as 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x))."""
+    upsampled = upsample_logits(logits.astype(np.float32, copy=False), height_width)
+    return np.float32(0.5) * (np.float32(1) + np.tanh(np.float32(0.5) * upsampled))
+
+
+# ---- the export folder ----
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; export a checkpoint with "
+                                f"python -m clipseg_drywall.export --model CHECKPOINT --output {path.parent}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OnnxExportError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise OnnxExportError(f"{path}: expected a JSON object")
+    return value
+
+
+def read_export_config(folder: Path) -> dict:
+    """config.json of an export folder, checked to be one (not a PyTorch checkpoint's)."""
+    path = folder / CONFIG_FILE
+    config = _read_json(path)
+    if config.get("format") != FORMAT:
+        if "model_type" in config:
+            raise OnnxExportError(f"{folder} is a PyTorch checkpoint, not an ONNX export: run "
+                                  f"python -m clipseg_drywall.export --model {folder} --output EXPORT_FOLDER, "
+                                  f"or use the torch backend")
+        raise OnnxExportError(f"{path}: not a clipseg-drywall ONNX export (no \"format\": \"{FORMAT}\")")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise OnnxExportError(f"{path}: export format version {config.get('format_version')} is not "
+                              f"{FORMAT_VERSION}; re-export the checkpoint with this version of clipseg-drywall")
+    if config.get("config_fingerprint") != config_fingerprint(config.get("model_config", {})):
+        raise OnnxExportError(f"{path}: its model_config does not match its config_fingerprint (edited by hand?); "
+                              f"re-export the checkpoint")
+    return config
+
+
+def check_onnxruntime(config: dict, folder: Path) -> None:
+    """Fail with the upgrade command when the installed onnxruntime is older than the export needs."""
+    import onnxruntime
+
+    needed = config.get("min_onnxruntime", MIN_ONNXRUNTIME)
+    if version_tuple(onnxruntime.__version__) < version_tuple(needed):
+        raise OnnxRuntimeTooOldError(
+            f"{folder / GRAPH_FILES['image_encoder']}: exported with ONNX opset {config.get('opset')}, which needs "
+            f"onnxruntime >= {needed}; this is onnxruntime {onnxruntime.__version__}: pip install -U onnxruntime")
+
+
+def open_session(path: Path, config: dict, options=None, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """An onnxruntime session for one graph of the export, checked to belong to `config`."""
+    import onnxruntime
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: graph not found; re-export the checkpoint into {path.parent}")
+    try:
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as error:  # onnxruntime raises its own types (Fail, InvalidGraph, InvalidProtobuf, ...)
+        reason = str(error).strip().splitlines()[0][:300]
+        if "opset" in reason.lower():
+            raise OnnxRuntimeTooOldError(f"{path}: this onnxruntime ({onnxruntime.__version__}) cannot run it "
+                                         f"({reason}); pip install -U onnxruntime") from error
+        raise OnnxExportError(f"{path}: not a loadable ONNX graph ({reason}); re-export the checkpoint") from error
+    metadata = session.get_modelmeta().custom_metadata_map
+    if metadata.get(FINGERPRINT_KEY) != config["config_fingerprint"]:
+        raise OnnxExportError(f"{path}: exported from another model config than {path.parent / CONFIG_FILE} "
+                              f"describes; re-export the checkpoint so that graphs and config.json belong together")
+    if metadata.get(EXPORT_ID_KEY) != config["export_id"]:
+        raise OnnxExportError(f"{path}: from another export than {path.parent / CONFIG_FILE} (mixed folders?); "
+                              f"re-export the checkpoint")
+    return session
+
+
+def load_tokenizer(path: Path, limit: int):
+    """The fast tokenizer the export saved, padding off and truncation at `limit` tokens (specials kept,
+    as the transformers tokenizer does with truncation=True)."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer not found; re-export the checkpoint into {path.parent}")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception on a malformed file
+        raise OnnxExportError(f"{path}: not a tokenizers file ({str(error)[:200]})") from error
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def load_vocabulary_embeddings(path: Path, config: dict) -> dict[str, np.ndarray]:
+    """{prompt: (projection_dim,) float32} of the vocabulary prompts, computed at export time."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: precomputed prompt embeddings not found; re-export the checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            prompts, embeddings, export_id = list(stored["prompts"]), stored["embeddings"], str(stored["export_id"])
+    except (OSError, ValueError, KeyError) as error:
+        raise OnnxExportError(f"{path}: not a prompt-embedding file of an export ({error})") from error
+    if export_id != config["export_id"]:
+        raise OnnxExportError(f"{path}: from another export than {path.parent / CONFIG_FILE}; re-export the checkpoint")
+    return {str(p): e.astype(np.float32) for p, e in zip(prompts, embeddings)}
+
+
+class OnnxSegmenter:
+    """Text-prompted segmentation on onnxruntime, the API of `inference.Segmenter`.
+
+    >>> segmenter = OnnxSegmenter.from_pretrained("exports/clipseg-small")
+    >>> masks = segmenter.segment(["photo.jpg"], ["segment crack", "segment taping area"])
+    >>> masks[0]["segment crack"].shape  # (height, width) of photo.jpg, values {0, 255}
+    """
+
+    def __init__(self, folder: str | Path, threshold: float | None = None, batch_size: int = 8,
+                 num_threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)):
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise (NotADirectoryError if folder.exists() else FileNotFoundError)(
+                f"{folder}: no such export folder (write one with python -m clipseg_drywall.export)")
+        self.folder = folder
+        self.config = read_export_config(folder)
+        check_onnxruntime(self.config, folder)
+        options = self._session_options(num_threads)
+        self._sessions = {role: open_session(folder / name, self.config, options, providers)
+                          for role, name in GRAPH_FILES.items()}
+        self.max_tokens = int(self.config["max_position_embeddings"])
+        self.tokenizer = load_tokenizer(folder / TOKENIZER_FILE, self.max_tokens)
+        self._embeddings = load_vocabulary_embeddings(folder / EMBEDDINGS_FILE, self.config)
+        self.preprocessing = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
+                                              for k, v in self.config["preprocessing"].items()})
+        self.extract_layers = list(self.config["extract_layers"])
+        saved = self.config.get("segmentation_threshold")
+        self.threshold = float(DEFAULT_THRESHOLD if saved is None else saved) if threshold is None else float(threshold)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, threshold: float | None = None, batch_size: int = 8,
+                        num_threads: int | None = None,
+                        providers: Sequence[str] = ("CPUExecutionProvider",)) -> OnnxSegmenter:
+        """An export folder (`python -m clipseg_drywall.export`); `threshold` overrides the calibrated one
+        saved in its config.json, `num_threads` onnxruntime's intra-op threads (default: one per core)."""
+        return cls(folder, threshold=threshold, batch_size=batch_size, num_threads=num_threads, providers=providers)
+
+    @staticmethod
+    def _session_options(num_threads: int | None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        return options
+
+    def _encode_prompt(self, prompt: str) -> np.ndarray:
+        """One prompt alone (no padding), cut to the text encoder's limit with the shared warning."""
+        encoding = self.tokenizer.encode(prompt)
+        if len(encoding.ids) > self.max_tokens:
+            warn_truncated(prompt, len(encoding.ids), self.max_tokens)
+            self.tokenizer.enable_truncation(self.max_tokens)
+            try:
+                encoding = self.tokenizer.encode(prompt)
+            finally:
+                self.tokenizer.no_truncation()
+        feeds = {"input_ids": np.asarray([encoding.ids], dtype=np.int64),
+                 "attention_mask": np.asarray([encoding.attention_mask], dtype=np.int64)}
+        return self._sessions["text_encoder"].run(None, feeds)[0][0]
+
+    def prompt_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
+        """(P, projection_dim) conditional embeddings; each prompt is encoded once per segmenter."""
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"empty prompt {prompt!r}: pass a text such as 'segment crack'")
+            if prompt not in self._embeddings:
+                self._embeddings[prompt] = self._encode_prompt(prompt)
+        return np.stack([self._embeddings[p] for p in prompts])
+
+    def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        """Decoder logits (B, P, h, w) at the export's resolution: one image-encoder pass for the B images."""
+        conditional = self.prompt_embeddings(prompts)
+        pixels = self.preprocessing.pixel_values(images)
+        activations = self._sessions["image_encoder"].run(None, {PIXEL_INPUT: pixels})
+        n_images, n_prompts = len(images), len(prompts)
+        # every (image, prompt) pair in one decoder call, image-major as in Segmenter.logits
+        feeds = {activation_name(i): np.repeat(a, n_prompts, axis=0) for i, a in enumerate(activations)}
+        feeds[CONDITIONAL_INPUT] = np.tile(conditional, (n_images, 1))
+        logits = self._sessions["decoder"].run(None, feeds)[0]
+        return logits.reshape(n_images, n_prompts, *logits.shape[-2:])
+
+    def iter_segment(
+        self,
+        images: Iterable[ImageInput],
+        prompts: Sequence[str],
+        threshold: float | None = None,
+        return_probabilities: bool = False,
+    ) -> Iterator[Segmentation]:
+        """One `Segmentation` per image, in order, computed `batch_size` images at a time."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompt given: pass at least one, e.g. 'segment crack'")
+        self.prompt_embeddings(prompts)  # reject empty prompts before any image work
+        threshold = self.threshold if threshold is None else float(threshold)
+        batch: list[Image.Image] = []
+        for image in images:
+            batch.append(load_image(image))
+            if len(batch) == self.batch_size:
+                yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
+                batch = []
+        if batch:
+            yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
+
+    def _segment_batch(self, images, prompts, threshold, return_probabilities) -> Iterator[Segmentation]:
+        for image, image_logits in zip(images, self.logits(images, prompts)):
+            probabilities = native_probabilities(image_logits, (image.height, image.width))
+            masks = (probabilities > threshold).astype(np.uint8) * np.uint8(255)
+            yield Segmentation(
+                size=image.size,
+                masks=dict(zip(prompts, masks)),
+                probabilities=dict(zip(prompts, probabilities)) if return_probabilities else None,
+            )
+
+    def segment(
+        self, images: Iterable[ImageInput], prompts: Sequence[str], threshold: float | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Per image, `{prompt: uint8 mask}` with values {0, 255} and the image's (height, width)."""
+        return [result.masks for result in self.iter_segment(images, prompts, threshold)]

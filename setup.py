@@ -26,6 +26,7 @@ TRAIN = ["accelerate>=1.0", "datasets>=4.0", "matplotlib"]
 EVAL = ["datasets>=4.0", "evaluate>=0.4", "matplotlib"]
 # OnnxSegmenter at run time (no torch needed: see README "Deploy"); the exporter also needs onnx
 ONNX = ["onnxruntime>=1.13", "tokenizers>=0.15", "onnx>=1.13"]
+DEMO = ["gradio>=6.0"]  # the Gradio app (python -m clipseg_drywall.app, space/)
 ALL = sorted(set(DATA + TRAIN + EVAL))
 
 setup(
@@ -54,7 +55,9 @@ setup(
         "eval": EVAL,
         "all": ALL,
         "onnx": ONNX,
-        "test": ALL + ["pytest>=8", "ruff"] + ONNX,
+        "demo": DEMO,
+        # selenium drives Debian's chromium in tests/test_app.py (.ci/run installs it)
+        "test": ALL + ["pytest>=8", "ruff"] + ONNX + DEMO + ["selenium>=4.10"],
     },
     entry_points={
         "console_scripts": [
@@ -63,6 +66,7 @@ setup(
             "clipseg-drywall-predict = clipseg_drywall.predict:main",
             "clipseg-drywall-publish = clipseg_drywall.publish:main",
             "clipseg-drywall-export = clipseg_drywall.export:main",
+            "clipseg-drywall-app = clipseg_drywall.app:main",
             "clipseg-drywall-dataset = data_builders.__main__:main",
         ]
     },

@@ -2,8 +2,9 @@
 
 Arguments: `EvaluationArguments` in `clipseg_drywall/arguments.py` (`python evaluate.py --help`); the job is
 `clipseg_drywall/run_evaluation.py` (also installed as `clipseg-drywall-evaluate`).
-Writes EVAL/metrics.json, EVAL/masks/<image stem>__<prompt slug>.png and EVAL/best_worst.png; on the
-validation split the best threshold of a 0.05-0.95 sweep goes into the model's config.json.
+Writes EVAL/metrics.json, EVAL/per_image.csv, EVAL/masks/<image stem>__<prompt slug>.png and
+EVAL/best_worst.png. With `--update_model` (only then) the threshold calibrated on
+`--calibration_split` goes into the model's config.json, and the metrics and card into its folder.
 
 This file shares its name with the `evaluate` library. When the repo root is on `sys.path`
 (`python evaluate.py`, `python -m pytest` from the root), `import evaluate` anywhere finds this

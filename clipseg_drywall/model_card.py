@@ -174,7 +174,7 @@ def render_model_card(
         base_model=base_model,
         base_description=base_description,
         threshold=threshold_of(CLIPSegConfig.from_pretrained(model_dir)),
-        threshold_source=stored[0]["threshold_source"] if stored else "the default: evaluate.py calibrates it",
+        threshold_source=stored[0]["threshold_source"] if stored else "the default: `evaluate.py --update_model` stores a calibrated one",
         prompts=PROMPTS,
         canonical=CANONICAL_PROMPTS,
         evaluations=stored,

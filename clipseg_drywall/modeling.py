@@ -212,7 +212,7 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def threshold_of(config) -> float:
-    """The decision threshold saved in a model config (`evaluate.py` calibrates it), 0.5 if absent."""
+    """The decision threshold saved in a model config (`evaluate.py --update_model` stores the calibrated one), 0.5 if absent."""
     value = getattr(config, "segmentation_threshold", None)
     return DEFAULT_THRESHOLD if value is None else float(value)
 

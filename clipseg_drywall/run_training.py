@@ -143,8 +143,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
-    with user_errors(argv):
+    with user_errors(argv):  # usage and path mistakes: one line, before any logging or loading
         model_args, data_args, training_args = parse_training_arguments(argv)
+        check_sources(model_args, data_args, training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())

@@ -179,9 +179,9 @@ def test_calibrating_on_the_scored_split_is_refused_unless_asked(evaluated, tiny
     from clipseg_drywall.run_evaluation import evaluate_model
 
     model_dir, _, _, _ = evaluated
-    before = (model_dir / "config.json").read_text()
+    before = {p.name: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
     options = {"model_path": str(model_dir), "dataset_path": str(tiny_disjoint_dir), "split": "validation",
-               "latency_images": 0, "update_model": False, "prompt_robustness": False}
+               "latency_images": 0, "prompt_robustness": False}  # no threshold flag, no --update_model
     with pytest.raises(ValueError, match="refusing to score split 'validation' with a threshold tuned on that same"):
         evaluate_model(EvaluationArguments(output_dir=str(tmp_path / "refused"), **options))
     assert not (tmp_path / "refused").exists()
@@ -189,7 +189,8 @@ def test_calibrating_on_the_scored_split_is_refused_unless_asked(evaluated, tiny
                                                  allow_calibration_on_scored_split=True, **options))
     assert metrics["threshold_tuned_on_scored_split"] and metrics["prompts"] is None
     assert json.loads((tmp_path / "allowed" / "metrics.json").read_text())["threshold_tuned_on_scored_split"]
-    assert (model_dir / "config.json").read_text() == before  # update_model false
+    assert {p.name: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()} == before  # a calibration, yet
+    # the model folder is as it was: only --update_model writes into it
 
 
 @requires_shared

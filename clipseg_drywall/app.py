@@ -245,7 +245,10 @@ def build_demo(segmenter: Segmenter, examples: Sequence[Path] | None = None) -> 
                 status = gr.Markdown(elem_id="status")
                 overlays = [gr.AnnotatedImage(label=f"Photo {i + 1}", visible=False, elem_id=f"overlay-{i}")
                             for i in range(MAX_PHOTOS)]
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Share of each photo marked", elem_id="table")
+                # long Roboflow names would push the share out of sight: names wrap, the share keeps its room
+                table = gr.Dataframe(headers=TABLE_HEADERS, label="Share of each photo marked", elem_id="table",
+                                     wrap=True, column_widths=["32%", "22%", "14%", "32%"], interactive=False,
+                                     datatype=["str", "str", "number", "str"])
                 download = gr.File(label="Masks (zip)", elem_id="download")
         inputs = [photos, picks, typed, threshold]
         if examples:

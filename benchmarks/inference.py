@@ -9,20 +9,32 @@ interleaved across the variants, medians reported:
   package     clipseg_drywall.inference.Segmenter, batch 1 and at its best batch size, then at
               batch 1 with each opt-in speed option (bf16, int8, channels_last, compile)
   floor       the CLIP vision pass alone per image (pixel values prepared beforehand)
+  onnx        clipseg_drywall.onnx_inference.OnnxSegmenter at batch 1 on the same model exported with
+              `clipseg_drywall.export` (float32, and `--quantize int8`), in this process, same images
 
-    python benchmarks/inference.py [--images 16] [--repeats 3] [--batch-sizes 1 4 8] [--no-compile]
+Then the cold start of each backend: a fresh `python -m clipseg_drywall.predict` (torch checkpoint, or
+`--backend onnx` on the float32 export) from process start to the masks of one photo written. And the
+FLOPs of the vision pass (from the config: patch embedding, attention and MLP of the layers run, up to
+the deepest extract layer) against this CPU's peak for fp32, bf16 and int8 (see `cpu_peaks`).
 
-Last line: `speedup_vs_naive=<x> floor_ratio=<y>` (default package at batch 1 vs naive; best
-default-package time per image vs the floor). Options that change numerics are not in that
-line: their IoU change is measured with `evaluate.py --speed_options` (see the README).
+    python benchmarks/inference.py [--images 16] [--repeats 3] [--batch-sizes 1 4 8] [--no-compile] [--no-onnx]
+
+Last line: `speedup_vs_naive=<x> floor_ratio=<y> onnx_fp32_vs_package=<a> onnx_int8_vs_package=<b>
+cold_start_onnx_vs_torch=<c>` (default package at batch 1 vs naive; best default-package time per image
+vs the floor; package batch 1 time / ORT time, so above 1 means ORT is faster; ORT cold start / torch
+cold start). Options that change numerics are not in that line: their IoU change is measured with
+`evaluate.py --speed_options` (see the README).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +49,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import SHARED  # noqa: E402
 from clipseg_drywall.inference import SPEED_OPTIONS, Segmenter  # noqa: E402
 from clipseg_drywall.modeling import model_from_config  # noqa: E402
+
+ONNX_ROWS = {"onnx fp32 batch 1": None, "onnx int8 batch 1": "int8"}
 
 PROMPTS = ["segment crack", "segment taping area"]
 
@@ -70,6 +84,67 @@ def package(segmenter: Segmenter, images: list[Image.Image], batch_size: int) ->
     segmenter.segment(images, PROMPTS)
 
 
+def export_onnx(model: CLIPSegForImageSegmentation, processor: CLIPSegProcessor, folder: Path) -> dict[str, Path]:
+    """The benchmark's model saved as a checkpoint and exported (float32, int8): {row name: export folder}."""
+    from clipseg_drywall.export import export
+
+    model.save_pretrained(folder / "checkpoint")
+    processor.save_pretrained(folder / "checkpoint")
+    folders = {}
+    for name, quantize in ONNX_ROWS.items():
+        started = time.perf_counter()
+        folders[name] = export(folder / "checkpoint", folder / (quantize or "fp32"), quantize=quantize)
+        print(f"export for {name}: {time.perf_counter() - started:.1f} s", flush=True)
+    return folders
+
+
+def cold_start(model_folder: Path, photo: Path, backend: str, output: Path) -> float:
+    """Seconds from a fresh `python -m clipseg_drywall.predict` to its masks of one photo written."""
+    command = [sys.executable, "-m", "clipseg_drywall.predict", "--model", str(model_folder), "--backend", backend,
+               "--output", str(output), str(photo)] + [a for p in PROMPTS for a in ("--prompt", p)]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def vision_flops(config: CLIPSegConfig, image_size: int) -> float:
+    """FLOPs (2 per multiply-add) of the vision pass the package runs: the patch embedding, then per layer
+    up to the deepest extract layer the q/k/v/out projections, QK^T and AV, and the MLP (norms, softmax
+    and activations are elementwise, under 1% here, left out)."""
+    vision = config.vision_config
+    patches = (image_size // vision.patch_size) ** 2
+    tokens, width, mlp = patches + 1, vision.hidden_size, vision.intermediate_size
+    patch_embedding = 2 * patches * 3 * vision.patch_size ** 2 * width
+    layer = 2 * tokens * 4 * width * width + 2 * 2 * tokens * tokens * width + 2 * 2 * tokens * width * mlp
+    return patch_embedding + (max(config.extract_layers) + 1) * layer
+
+
+def cpu_peaks() -> tuple[dict[str, float], str]:
+    """({fp32, bf16, int8: peak FLOP/s (ops/s for int8)}, how it was derived): cores x clock x per-core
+    FLOP/cycle, by the widest matrix unit lscpu's flags show. Per core and cycle: fp32 AVX-512 2 FMA
+    units x 16 lanes x 2 = 64 (AVX2: 32); bf16 AMX 1024 (AVX512_BF16 dot product: 128); int8 AMX 2048
+    (AVX512-VNNI: 2 units x 64 byte products x 2 = 256; AVX-VNNI: 128). The clock is /proc/cpuinfo's
+    (the nominal one a VM shows; turbo would raise every peak alike)."""
+    flags = set(subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split())
+    mhz = next((float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("cpu MHz")), 2000.0)
+    cores = len(os.sched_getaffinity(0))
+    fp32 = ("AVX-512 FMA", 64) if "avx512f" in flags else ("AVX2 FMA", 32)
+    bf16 = ("AMX-BF16", 1024) if "amx_bf16" in flags else ("AVX512_BF16", 128) if "avx512_bf16" in flags else fp32
+    int8 = next(((name, n) for flag, name, n in (("amx_int8", "AMX-INT8", 2048), ("avx512_vnni", "AVX512-VNNI", 256),
+                                                  ("avx_vnni", "AVX-VNNI", 128)) if flag in flags), (fp32[0], 2 * fp32[1]))
+    units = {"fp32": fp32, "bf16": bf16, "int8": int8}
+    peaks = {kind: cores * mhz * 1e6 * per_cycle for kind, (_, per_cycle) in units.items()}
+    how = f"{cores} cores x {mhz / 1000:.2f} GHz x " + ", ".join(f"{kind} {n}/cycle ({name})"
+                                                                 for kind, (name, n) in units.items())
+    return peaks, how
+
+
+def row_kind(name: str) -> str:
+    """Which number format a row computes in, for its limit."""
+    return "bf16" if "bf16" in name else "int8" if "int8" in name else "fp32"
+
+
 def median_per_image(run: Callable[[], None], n_images: int, timings: list[float]) -> None:
     started = time.perf_counter()
     run()
@@ -83,6 +158,7 @@ def main() -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (slow to compile)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows and the cold starts")
     args = parser.parse_args()
     if not (SHARED / "clipseg-rd64-refined").is_dir():
         print(f"skip: {SHARED / 'clipseg-rd64-refined'} not found (the CIDAS config and processor files)")
@@ -108,6 +184,14 @@ def main() -> int:
     for option in options:
         optimised = Segmenter(copy.deepcopy(model), processor, speed_options=[option])
         variants[f"package batch 1 + {option}"] = lambda s=optimised: package(s, images, 1)
+    scratch = tempfile.TemporaryDirectory(prefix="clipseg-benchmark-")  # checkpoint and exports, removed at exit
+    exports = {} if args.no_onnx else export_onnx(model, processor, Path(scratch.name))
+    if exports:
+        from clipseg_drywall.onnx_inference import OnnxSegmenter
+
+        for name, folder in exports.items():
+            onnx_segmenter = OnnxSegmenter.from_pretrained(folder, batch_size=1)
+            variants[name] = lambda s=onnx_segmenter: s.segment(images, PROMPTS)
     for name, run in list(variants.items()):  # warm-up: first calls allocate, pick kernels, compile
         started = time.perf_counter()
         try:
@@ -138,8 +222,46 @@ def main() -> int:
     speedup = medians["naive (per pair, batch 1)"] / medians["package batch 1"]
     floor_ratio = package_times[best] / medians["floor (vision pass only)"]
     print(f"best package setting: {best}")
-    print(f"speedup_vs_naive={speedup:.2f} floor_ratio={floor_ratio:.2f}")
+    ratios = f"speedup_vs_naive={speedup:.2f} floor_ratio={floor_ratio:.2f}"
+    print_limits(config, pixel_values[0].shape[-1], medians)
+    if exports:
+        ratios += " " + onnx_ratios(medians, exports, Path(scratch.name), args.repeats)
+    print(ratios)
+    scratch.cleanup()
     return 0
+
+
+def print_limits(config: CLIPSegConfig, size: int, medians: dict[str, float]) -> None:
+    """The vision pass's FLOPs, its time at this CPU's peak per number format, each row against its limit."""
+    flops = vision_flops(config, size)
+    peaks, how = cpu_peaks()
+    limits = {kind: flops / peak for kind, peak in peaks.items()}
+    print(f"vision pass: {flops / 1e9:.1f} GFLOP ({max(config.extract_layers) + 1} of "
+          f"{config.vision_config.num_hidden_layers} layers at {size} px); peak = {how}")
+    print("  time at peak: " + ", ".join(f"{kind} {1000 * limit:.1f} ms" for kind, limit in limits.items()))
+    for name, seconds in medians.items():
+        kind = row_kind(name)
+        print(f"  {name:<30} {seconds / limits[kind]:7.1f} x its {kind} limit")
+
+
+def onnx_ratios(medians: dict[str, float], exports: dict[str, Path], scratch: Path, repeats: int) -> str:
+    """ORT against the package path, and the cold starts (interleaved, medians)."""
+    photo = scratch / "photo.png"
+    load_images(1)[0].save(photo)
+    sources = {"torch": (scratch / "checkpoint", "torch"), "onnx": (exports["onnx fp32 batch 1"], "onnx")}
+    starts: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(max(repeats - 1, 1)):
+        for name, (folder, backend) in sources.items():
+            starts[name].append(cold_start(folder, photo, backend, scratch / f"masks-{name}"))
+    cold = {name: statistics.median(values) for name, values in starts.items()}
+    print(f"cold start (fresh predict process, 1 photo, {len(PROMPTS)} prompts): torch {cold['torch']:.2f} s, "
+          f"onnx fp32 {cold['onnx']:.2f} s")
+    package = medians["package batch 1"]
+    if "package batch 1 + int8" in medians:
+        print(f"onnx int8 vs package + int8: x{medians['package batch 1 + int8'] / medians['onnx int8 batch 1']:.2f}")
+    return (f"onnx_fp32_vs_package={package / medians['onnx fp32 batch 1']:.2f} "
+            f"onnx_int8_vs_package={package / medians['onnx int8 batch 1']:.2f} "
+            f"cold_start_onnx_vs_torch={cold['onnx'] / cold['torch']:.2f}")
 
 
 if __name__ == "__main__":

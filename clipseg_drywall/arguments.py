@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from .backends import BACKENDS
 from .modeling import DEFAULT_THRESHOLD  # noqa: F401  (re-exported: the one default)
 
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
@@ -163,6 +164,8 @@ class EvaluationArguments(DatasetArguments):
     latency_images: int = field(default=16, metadata={"help": "Images timed for the footprint (0: skip timing)."})
     figure_cases: int = field(default=2, metadata={"help": "Best and worst cases per task in the figure."})
     device: str | None = None
+    backend: str = field(default="torch", metadata={"help": "torch, or onnx: --model_path is then a folder written by "
+                                                            "`python -m clipseg_drywall.export` (parity checks)."})
     speed_options: list[str] = field(
         default_factory=list,
         metadata={"help": "Opt-in speed-ups to evaluate (bf16, int8, channels_last, compile): their IoU change is "
@@ -175,6 +178,8 @@ class EvaluationArguments(DatasetArguments):
             raise ValueError("Pass --model_path (a checkpoint directory or Hub id) and --output_dir.")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"--threshold must be in (0, 1), got {self.threshold}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.bootstrap_resamples < 1000:
             raise ValueError(f"--bootstrap_resamples must be at least 1000, got {self.bootstrap_resamples}")
 

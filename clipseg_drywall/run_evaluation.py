@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPSegConfig
 
 from .arguments import EvaluationArguments, load_dataset_dict, parse_arguments, select_split
+from .backends import load_segmenter
 from .cli import check_model_source, user_errors
 from .evaluation import (
     SWEEP,
@@ -98,7 +99,7 @@ def segment_and_score(segmenter: Segmenter, split, batch_size: int, thresholds: 
     with tqdm(total=len(split), desc=desc, unit="image") as progress:
         for batch in columns.iter(batch_size=batch_size):
             images = [load_image(image) for image in batch["image"]]
-            logits = segmenter.logits(images, prompts).float().cpu()
+            logits = torch.as_tensor(segmenter.logits(images, prompts)).float().cpu()  # onnx: a numpy array
             for image, image_logits, mask, task, image_id in zip(images, logits, batch["mask"], batch["task"],
                                                                  batch["image_id"]):
                 size = (image.height, image.width)
@@ -248,6 +249,9 @@ def check_arguments(args: EvaluationArguments) -> None:
     """What needs no model or data, checked before either loads: the model source and the output folder."""
     check_model_source(args.model_path, "--model_path")
     check_writable_folder(args.output_dir, "--output_dir")
+    if args.update_model and args.backend != "torch":
+        raise ValueError("--update_model writes into a transformers checkpoint; with --backend onnx --model_path is an "
+                         "export folder: evaluate the checkpoint with the torch backend to update it")
     if args.update_model and not Path(args.model_path).is_dir():
         raise ValueError(f"--update_model writes into a local model folder; {args.model_path} is a Hub id: "
                          "download it (or drop --update_model)")
@@ -262,8 +266,8 @@ def evaluate_model(args: EvaluationArguments) -> dict:
     split = select_split(dataset, split_name, args.dataset_source, args.max_samples)
     if len(split) == 0:
         raise ValueError(f"split {split_name!r} of {args.dataset_source} is empty")
-    segmenter = Segmenter.from_pretrained(args.model_path, batch_size=args.batch_size, device=args.device,
-                                          speed_options=args.speed_options)
+    segmenter = load_segmenter(args.model_path, args.backend, batch_size=args.batch_size, device=args.device,
+                               speed_options=args.speed_options)
     threshold, calibration = choose_threshold(args, segmenter, dataset, split_name)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +294,7 @@ def evaluate_model(args: EvaluationArguments) -> dict:
         "prompts": prompt_table(scored.per_prompt, threshold) if scored.per_prompt else None,
         "per_image": PER_IMAGE_FILE,
     }
-    if args.latency_images > 0:
+    if args.latency_images > 0 and args.backend == "torch":  # the footprint counts torch parameters and memory
         images = [load_image(image) for image in split.select(range(min(args.latency_images, len(split))))["image"]]
         prompts = [canonical_prompt(t) for t in TASKS]
         metrics["footprint"] = footprint(segmenter, model_files_dir(args.model_path), images, prompts, args.batch_size)

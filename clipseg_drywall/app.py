@@ -290,10 +290,11 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, sh
 
 def load_segmenter(model: str | None, threshold: float | None = None, device: str | None = None) -> Segmenter:
     """The model named by --model, else by $CLIPSEG_DRYWALL_MODEL; checked before anything loads."""
+    source = "--model" if model else f"${MODEL_ENV}"  # the error names where the bad value came from
     model = model or os.environ.get(MODEL_ENV)
     if not model:
         raise ValueError(f"no model: pass --model PATH_OR_HUB_ID or set {MODEL_ENV}")
-    check_model_source(model, "--model")
+    check_model_source(model, source)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     from .inference import Segmenter

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_ENV = "CLIPSEG_DRYWALL_MODEL"
 MAX_PHOTOS = 8  # overlays are fixed page slots; more photos per request would have nowhere to show
+MAX_PROMPTS = 24  # every vocabulary prompt and a few typed ones; the Segmenter keeps each new prompt's embedding
 # Memory bound: one photo at a time, and its native-size logits, probabilities and masks take about
 # 13 bytes per (pixel, prompt). 100 M keeps a request under ~1.5 GB: an 8000x6000 photo with two prompts fits.
 MAX_MASK_PIXELS = 100_000_000
@@ -163,11 +164,15 @@ def segment_photos(
     if not 0.0 < threshold < 1.0:
         return DemoResult([], [], None, [f"The threshold must be between 0 and 1, got {threshold}."])
     messages = []
+    if len(prompts) > MAX_PROMPTS:
+        messages.append(f"{len(prompts)} prompts given; this demo uses the first {MAX_PROMPTS} per run.")
+        prompts = prompts[:MAX_PROMPTS]
     if len(files) > MAX_PHOTOS:
         messages.append(f"{len(files)} photos uploaded; this demo segments the first {MAX_PHOTOS} per run.")
         files = files[:MAX_PHOTOS]
     slugs, colours = prompt_slugs(prompts), prompt_colours(prompts)
     folder = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="clipseg-drywall-app-"))
+    folder.mkdir(parents=True, exist_ok=True)
     zip_path = folder / "drywall-masks.zip"
     overlays, table, stems = [], [], {}
     # PNGs are compressed already: stored, not deflated again
@@ -237,7 +242,7 @@ def build_demo(segmenter: Segmenter, examples: Sequence[Path] | None = None) -> 
                 photos = gr.File(label="Photos", file_count="multiple", type="filepath", elem_id="photos")
                 picks = gr.CheckboxGroup(all_prompts(), value=DEFAULT_PROMPTS, label="Prompts", elem_id="prompts")
                 typed = gr.Textbox(label="More prompts (comma- or newline-separated)", lines=2, elem_id="free-text")
-                threshold = gr.Slider(0.01, 0.99, value=round(segmenter.threshold, 2), step=0.01,
+                threshold = gr.Slider(0.01, 0.99, value=segmenter.threshold, step=0.01,
                                       label=f"Threshold (the model's calibrated value: {segmenter.threshold:g})",
                                       elem_id="threshold")
                 run = gr.Button("Segment", variant="primary", elem_id="run")

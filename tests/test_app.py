@@ -138,6 +138,16 @@ def test_handler_refuses_what_memory_bound_or_page_cannot_take(segmenter, photos
     assert result.zip_path is None and f"first {MAX_PHOTOS}" in result.messages[0]
 
 
+def test_long_and_many_prompts_are_said_on_the_page(segmenter, photos, tmp_path):
+    long_prompt = "segment the " + " ".join(["long"] * 100) + " crack"
+    result = segment_photos(segmenter, photos[:1], [], long_prompt, None, work_dir=tmp_path)
+    assert len(result.overlays) == 1 and len(result.messages) == 1 and "truncated" in result.messages[0]
+    many = ",".join(f"defect {i}" for i in range(app.MAX_PROMPTS + 1))
+    result = segment_photos(segmenter, photos[:1], [], many, None, work_dir=tmp_path / "many")
+    assert f"first {app.MAX_PROMPTS}" in result.messages[0]
+    assert len(result.overlays[0].annotations) == app.MAX_PROMPTS
+
+
 def test_prompt_parsing():
     assert app.parse_prompts(["segment crack"], " wall joint ,\n\nsegment crack,drywall seam\n") == [
         "segment crack", "wall joint", "drywall seam"]
@@ -189,6 +199,9 @@ def test_served_api(server, segmenter, photos, bad_files, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(server, verbose=False, download_files=str(tmp_path))
+    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/segment"]["parameters"]
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters}
+    assert defaults["prompts"] == DEFAULT_PROMPTS and defaults["threshold"] == segmenter.threshold  # calibrated
     outputs = client.predict([handle_file(str(photos[0])), handle_file(str(bad_files["text"]))], DEFAULT_PROMPTS,
                              "", segmenter.threshold, api_name="/segment")
     *slots, table, zip_path, status = outputs

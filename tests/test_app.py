@@ -165,6 +165,19 @@ def test_command_line_errors_are_one_line(monkeypatch, capsys, tmp_path):
         assert err.startswith("error:") and expected in err and "\n" not in err
 
 
+def test_help_and_a_missing_gradio_are_answered(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stop:
+        app.main(["--help"])
+    assert stop.value.code == 0 and "--model" in capsys.readouterr().out
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as stop:
+        app.main(["--model", "org/model"])
+    assert stop.value.code == 2 and "pip install 'clipseg-drywall[demo]'" in capsys.readouterr().err
+
+
 def test_space_entry_point_reads_the_model_from_env(monkeypatch, tiny_model_dir):
     import gradio as gr
 

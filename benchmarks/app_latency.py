@@ -3,9 +3,12 @@
 For each model config (random weights: speed does not depend on their values) the app is served
 on 127.0.0.1 and called through its API with `gradio_client` (upload, segmentation, overlay and
 zip, download of the results: what a user waits for); the handler alone (`segment_photos`,
-no HTTP) is timed too. One warm-up call, then the median and the fastest of --repeats calls.
+no HTTP, in a worker thread as gradio runs it) is timed too. One warm-up call, then the median and the fastest of --repeats calls.
 
     python benchmarks/app_latency.py [--repeats 5] [--threads N]
+
+On a machine shared with other work, `--threads 1` gives the stable figures: with more torch threads
+than free cores, OpenMP threads wait for each other and single calls vary up to 20x.
 
 Configs: `small` = configs/clipseg-small (what the README's trained models use), `full` = the
 CIDAS/clipseg-rd64-refined config in ../shared/clipseg-rd64-refined (the released model's size).
@@ -19,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -59,10 +63,10 @@ def measure(name: str, photo: Path, repeats: int) -> dict[str, float | tuple[flo
     from gradio_client import Client, handle_file
 
     segmenter = random_segmenter(CONFIGS[name])
-    with tempfile.TemporaryDirectory() as folder:
-        handler = seconds(
-            lambda: segment_photos(segmenter, [photo], DEFAULT_PROMPTS, "", None, work_dir=tempfile.mkdtemp(dir=folder)),
-            repeats)
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(1) as worker:
+        # in a worker thread, as gradio calls it
+        handler = seconds(lambda: worker.submit(segment_photos, segmenter, [photo], DEFAULT_PROMPTS, "", None,
+                                                work_dir=tempfile.mkdtemp(dir=folder)).result(), repeats)
         demo = build_demo(segmenter)
         port = free_port()
         launch(demo, "127.0.0.1", port, block=False)

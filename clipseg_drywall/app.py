@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         require_extra("demo", ("gradio",))
         segmenter = load_segmenter(args.model, args.threshold, args.device)
         demo = build_demo(segmenter)
-    launch(demo, args.host, args.port, args.share)
+        launch(demo, args.host, args.port, args.share)  # a port in use is one error line too
     return 0
 
 

@@ -125,16 +125,17 @@ def test_handler_refuses_what_memory_bound_or_page_cannot_take(segmenter, photos
     for empty in ([], None):
         result = segment_photos(segmenter, photos, empty, " ,\n ", None, work_dir=tmp_path / "empty")
         assert result.overlays == [] and result.zip_path is None and result.messages[0].startswith("No prompt")
-    result = segment_photos(segmenter, None, DEFAULT_PROMPTS, "", None)
+    result = segment_photos(segmenter, None, DEFAULT_PROMPTS, "", None, work_dir=tmp_path / "none")
     assert result.zip_path is None and result.messages[0].startswith("No photo")
-    result = segment_photos(segmenter, photos, DEFAULT_PROMPTS, "", 1.5)
+    result = segment_photos(segmenter, photos, DEFAULT_PROMPTS, "", 1.5, work_dir=tmp_path / "bad-threshold")
     assert result.zip_path is None and "threshold" in result.messages[0]
     same_stem = tmp_path / "same" / photos[0].name
     same_stem.parent.mkdir()
     shutil.copyfile(photos[0], same_stem)
     result = segment_photos(segmenter, [photos[0], same_stem], DEFAULT_PROMPTS, "", None, work_dir=tmp_path)
     assert len(result.overlays) == 1 and "same file name stem" in result.messages[0]
-    result = segment_photos(segmenter, [bad_files["text"]] * (MAX_PHOTOS + 1), DEFAULT_PROMPTS, "", None)
+    result = segment_photos(segmenter, [bad_files["text"]] * (MAX_PHOTOS + 1), DEFAULT_PROMPTS, "", None,
+                            work_dir=tmp_path / "many")
     assert result.zip_path is None and f"first {MAX_PHOTOS}" in result.messages[0]
 
 

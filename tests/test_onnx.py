@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -251,3 +252,57 @@ def test_segments_without_torch_or_transformers(onnx_dir, photos, tmp_path):
                                cwd=REPO, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "segmented without torch" in completed.stdout
+
+
+PREDICT_NO_TORCH = textwrap.dedent("""
+    import importlib.abc, runpy, sys
+
+    class Blocked(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in ("torch", "transformers"):
+                raise ImportError(f"{name} is not installed (blocked by the test)")
+
+    sys.meta_path.insert(0, Blocked())
+    sys.argv = ["predict", *sys.argv[1:]]
+    try:
+        runpy.run_module("clipseg_drywall.predict", run_name="__main__")
+    finally:
+        assert not {"torch", "transformers"} & set(sys.modules)
+""")
+
+
+@requires_shared
+def test_predict_command_without_torch_or_transformers(onnx_dir, photos, tmp_path):
+    """The predict command itself, `--backend onnx`, where importing torch or transformers fails."""
+    photos[0].save(tmp_path / "photo.jpg")
+    completed = subprocess.run(
+        [sys.executable, "-c", PREDICT_NO_TORCH, str(tmp_path / "photo.jpg"), "--backend", "onnx", "--model",
+         str(onnx_dir), "--prompt", "segment crack", "--prompt", "墙上的裂缝", "--output", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    for name in ("photo__segment-crack.png", "photo__墙上的裂缝.png", "index.csv"):
+        assert (tmp_path / "out" / name).is_file(), name
+    mask = np.asarray(Image.open(tmp_path / "out" / "photo__segment-crack.png"))
+    assert mask.shape == (photos[0].height, photos[0].width) and set(np.unique(mask)) <= {0, 255}
+
+
+@requires_shared
+def test_evaluate_scores_an_export_like_its_checkpoint(tiny_model_dir, onnx_dir, tiny_drywall_dir, tmp_path):
+    from clipseg_drywall.arguments import EvaluationArguments
+    from clipseg_drywall.run_evaluation import evaluate_model
+
+    options = {"dataset_path": str(tiny_drywall_dir), "split": "validation", "threshold": 0.5, "latency_images": 0,
+               "prompt_robustness": False, "figure_cases": 0}
+    torch_metrics = evaluate_model(EvaluationArguments(model_path=str(tiny_model_dir),
+                                                       output_dir=str(tmp_path / "torch"), **options))
+    onnx_metrics = evaluate_model(EvaluationArguments(model_path=str(onnx_dir), backend="onnx",
+                                                      output_dir=str(tmp_path / "onnx"), **options))
+    for task, scores in torch_metrics["tasks"].items():
+        assert onnx_metrics["tasks"][task]["miou"] == pytest.approx(scores["miou"], abs=1e-3)
+    rows = {name: list(csv.DictReader(open(tmp_path / name / "per_image.csv"))) for name in ("torch", "onnx")}
+    fractions = [float(row["predicted_fraction"]) for row in rows["torch"]]
+    assert 0 < np.mean(fractions) < 1  # masks with both values: the comparison means something
+    assert [float(row["predicted_fraction"]) for row in rows["onnx"]] == pytest.approx(fractions, abs=1e-3)
+    with pytest.raises(ValueError, match="--update_model writes into a transformers checkpoint"):
+        evaluate_model(EvaluationArguments(model_path=str(onnx_dir), backend="onnx", output_dir=str(tmp_path / "x"),
+                                           update_model=True, **options))

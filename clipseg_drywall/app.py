@@ -324,7 +324,7 @@ def _parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with user_errors():
+    with user_errors(argv):
         args = _parser().parse_args(argv)
         require_extra("demo", ("gradio",))
         segmenter = load_segmenter(args.model, args.threshold, args.device)

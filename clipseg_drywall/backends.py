@@ -8,7 +8,13 @@ module imports neither, so `predict --backend onnx` runs on the slim install.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .images import ImageInput, load_image
+from .outputs import Segmentation
 
 BACKENDS = ("torch", "onnx")
 # Opt-in speed-ups of the torch backend (see `inference.apply_speed_options`).
@@ -36,3 +42,40 @@ def load_segmenter(
                          "provider (export with --quantize int8 for its speed-up)")
     module = importlib.import_module(".onnx_inference", __package__)
     return module.OnnxSegmenter.from_pretrained(model, threshold=threshold, batch_size=batch_size)
+
+
+class BatchedSegmenter:
+    """What both backends share: the prompt checks, batching and `segment`. A subclass sets `threshold`
+    and `batch_size` and gives `prompt_embeddings(prompts)` (which rejects empty prompts) and
+    `_segment_batch(images, prompts, threshold, return_probabilities)`."""
+
+    threshold: float
+    batch_size: int
+
+    def iter_segment(
+        self,
+        images: Iterable[ImageInput],
+        prompts: Sequence[str],
+        threshold: float | None = None,
+        return_probabilities: bool = False,
+    ) -> Iterator[Segmentation]:
+        """One `Segmentation` per image, in order, computed `batch_size` images at a time."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompt given: pass at least one, e.g. 'segment crack'")
+        self.prompt_embeddings(prompts)  # reject empty prompts before any image work
+        threshold = self.threshold if threshold is None else float(threshold)
+        batch: list[Image.Image] = []
+        for image in images:
+            batch.append(load_image(image))
+            if len(batch) == self.batch_size:
+                yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
+                batch = []
+        if batch:
+            yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
+
+    def segment(
+        self, images: Iterable[ImageInput], prompts: Sequence[str], threshold: float | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Per image, `{prompt: uint8 mask}` with values {0, 255} and the image's (height, width)."""
+        return [result.masks for result in self.iter_segment(images, prompts, threshold)]

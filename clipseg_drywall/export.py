@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="export folder (created)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
                         help="dynamic int8 quantisation of the image encoder and decoder (faster on CPUs with VNNI)")
-    args = parser.parse_args(argv)
-    with user_errors():
+    with user_errors(argv):
+        args = parser.parse_args(argv)
         require_extra("onnx", ("onnx", "onnxruntime"))  # the install command, not a traceback mid-export
         check_model_source(args.model)
         check_writable_folder(args.output)

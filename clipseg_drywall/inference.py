@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from .backends import SPEED_OPTIONS
+from .backends import SPEED_OPTIONS, BatchedSegmenter
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
 from .modeling import decode, native_probabilities, text_embeddings, threshold_of, vision_activations
 from .outputs import Segmentation, mask_file_name, prompt_slug  # noqa: F401  (part of this API)
@@ -55,7 +54,7 @@ def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[st
     return model
 
 
-class Segmenter:
+class Segmenter(BatchedSegmenter):
     """Text-prompted segmentation with a CLIPSeg checkpoint.
 
     >>> segmenter = Segmenter.from_pretrained("runs/clipseg-small")
@@ -128,28 +127,6 @@ class Segmenter:
         logits = decode(self.model, pairs, conditional.repeat(n_images, 1))
         return logits.reshape(n_images, n_prompts, *logits.shape[-2:])
 
-    def iter_segment(
-        self,
-        images: Iterable[ImageInput],
-        prompts: Sequence[str],
-        threshold: float | None = None,
-        return_probabilities: bool = False,
-    ) -> Iterator[Segmentation]:
-        """One `Segmentation` per image, in order, computed `batch_size` images at a time."""
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("no prompt given: pass at least one, e.g. 'segment crack'")
-        self.prompt_embeddings(prompts)  # reject empty prompts before any image work
-        threshold = self.threshold if threshold is None else float(threshold)
-        batch: list[Image.Image] = []
-        for image in images:
-            batch.append(load_image(image))
-            if len(batch) == self.batch_size:
-                yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
-                batch = []
-        if batch:
-            yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
-
     def _segment_batch(self, images, prompts, threshold, return_probabilities) -> Iterator[Segmentation]:
         logits = self.logits(images, prompts)
         for image, image_logits in zip(images, logits):
@@ -160,9 +137,3 @@ class Segmenter:
                 masks=dict(zip(prompts, masks)),
                 probabilities=dict(zip(prompts, probabilities.cpu().numpy())) if return_probabilities else None,
             )
-
-    def segment(
-        self, images: Iterable[ImageInput], prompts: Sequence[str], threshold: float | None = None
-    ) -> list[dict[str, np.ndarray]]:
-        """Per image, `{prompt: uint8 mask}` with values {0, 255} and the image's (height, width)."""
-        return [result.masks for result in self.iter_segment(images, prompts, threshold)]

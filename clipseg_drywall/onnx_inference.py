@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .backends import BatchedSegmenter
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
 from .outputs import Segmentation
 from .prompts import warn_truncated
@@ -238,7 +239,7 @@ def load_vocabulary_embeddings(path: Path, config: dict) -> dict[str, np.ndarray
     return {str(p): e.astype(np.float32) for p, e in zip(prompts, embeddings)}
 
 
-class OnnxSegmenter:
+class OnnxSegmenter(BatchedSegmenter):
     """Text-prompted segmentation on onnxruntime, the API of `inference.Segmenter`.
 
     >>> segmenter = OnnxSegmenter.from_pretrained("exports/clipseg-small")
@@ -321,28 +322,6 @@ class OnnxSegmenter:
         logits = self._sessions["decoder"].run(None, feeds)[0]
         return logits.reshape(n_images, n_prompts, *logits.shape[-2:])
 
-    def iter_segment(
-        self,
-        images: Iterable[ImageInput],
-        prompts: Sequence[str],
-        threshold: float | None = None,
-        return_probabilities: bool = False,
-    ) -> Iterator[Segmentation]:
-        """One `Segmentation` per image, in order, computed `batch_size` images at a time."""
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("no prompt given: pass at least one, e.g. 'segment crack'")
-        self.prompt_embeddings(prompts)  # reject empty prompts before any image work
-        threshold = self.threshold if threshold is None else float(threshold)
-        batch: list[Image.Image] = []
-        for image in images:
-            batch.append(load_image(image))
-            if len(batch) == self.batch_size:
-                yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
-                batch = []
-        if batch:
-            yield from self._segment_batch(batch, prompts, threshold, return_probabilities)
-
     def _segment_batch(self, images, prompts, threshold, return_probabilities) -> Iterator[Segmentation]:
         for image, image_logits in zip(images, self.logits(images, prompts)):
             probabilities = native_probabilities(image_logits, (image.height, image.width))
@@ -352,9 +331,3 @@ class OnnxSegmenter:
                 masks=dict(zip(prompts, masks)),
                 probabilities=dict(zip(prompts, probabilities)) if return_probabilities else None,
             )
-
-    def segment(
-        self, images: Iterable[ImageInput], prompts: Sequence[str], threshold: float | None = None
-    ) -> list[dict[str, np.ndarray]]:
-        """Per image, `{prompt: uint8 mask}` with values {0, 255} and the image's (height, width)."""
-        return [result.masks for result in self.iter_segment(images, prompts, threshold)]

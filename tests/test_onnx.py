@@ -226,7 +226,7 @@ def test_export_prints_its_help(capsys):
     assert exit_info.value.code == 0 and "--quantize" in capsys.readouterr().out
 
 
-NO_TORCH = textwrap.dedent("""
+BLOCK_TORCH = textwrap.dedent("""
     import importlib.abc, sys
 
     class Blocked(importlib.abc.MetaPathFinder):
@@ -235,6 +235,8 @@ NO_TORCH = textwrap.dedent("""
                 raise ImportError(f"{name} is not installed (blocked by the test)")
 
     sys.meta_path.insert(0, Blocked())
+""")
+NO_TORCH = BLOCK_TORCH + textwrap.dedent("""
     from clipseg_drywall.onnx_inference import OnnxSegmenter
 
     segmenter = OnnxSegmenter.from_pretrained(sys.argv[1], threshold=0.0)
@@ -254,15 +256,8 @@ def test_segments_without_torch_or_transformers(onnx_dir, photos, tmp_path):
     assert "segmented without torch" in completed.stdout
 
 
-PREDICT_NO_TORCH = textwrap.dedent("""
-    import importlib.abc, runpy, sys
-
-    class Blocked(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.partition(".")[0] in ("torch", "transformers"):
-                raise ImportError(f"{name} is not installed (blocked by the test)")
-
-    sys.meta_path.insert(0, Blocked())
+PREDICT_NO_TORCH = BLOCK_TORCH + textwrap.dedent("""
+    import runpy
     sys.argv = ["predict", *sys.argv[1:]]
     try:
         runpy.run_module("clipseg_drywall.predict", run_name="__main__")

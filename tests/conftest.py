@@ -161,3 +161,12 @@ def learning_drywall_dir(shared_dataset, tmp_path_factory) -> Path:
     train = shared_dataset["train"]
     datasets.DatasetDict(train=train.select(_pick(train, 8))).save_to_disk(path)
     return path
+
+
+def exit_code(main, argv: list[str]) -> int:
+    """The status a command's `main(argv)` ends with: its return value, or the code of the `SystemExit`
+    it raises (usage and input errors exit with 2 from `cli.user_errors` and argparse)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code

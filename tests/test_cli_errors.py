@@ -17,7 +17,7 @@ from PIL import Image
 from clipseg_drywall import outputs
 from clipseg_drywall.outputs import INDEX_FILE, mask_file_name, prompt_hash, prompt_slugs
 
-from .conftest import CRACKS, REPO, requires_shared
+from .conftest import CRACKS, REPO, exit_code, requires_shared
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -27,10 +27,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def call(main, argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
+    code = exit_code(main, argv)
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -14,6 +14,8 @@ from data_builders.drywall_qa import build
 from data_builders.exports import ExportError, read_export
 from data_builders.rasterize import EXIF_ORIENTATION
 
+from .conftest import exit_code
+
 VOC_OBJECT = "<object><name>crack</name><bndbox><xmin>{}</xmin><xmax>{}</xmax><ymin>{}</ymin><ymax>{}</ymax></bndbox>{}</object>"
 
 
@@ -205,7 +207,7 @@ def test_paths_that_are_not_exports_get_a_clear_error(tmp_path):
 
 def test_cli_reports_errors_and_writes_stats(tmp_path, bad_voc_export, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["build", "--cracks", str(tmp_path / "empty"), "--output", str(tmp_path / "x")]) == 2
+    assert exit_code(main, ["build", "--cracks", str(tmp_path / "empty"), "--output", str(tmp_path / "x")]) == 2
     assert "not a Roboflow export" in capsys.readouterr().err
     out = tmp_path / "built"
     assert main(["build", "--cracks", str(bad_voc_export), "--output", str(out)]) == 0

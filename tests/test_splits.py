@@ -26,7 +26,7 @@ from data_builders.splits import (
 )
 from data_builders.stats import compute_statistics, format_statistics
 
-from .conftest import CRACKS, DATA, JOINTS
+from .conftest import CRACKS, DATA, JOINTS, exit_code
 
 requires_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found in {DATA} (the repo's ../shared/data)")
 
@@ -62,8 +62,8 @@ def test_groups_stay_whole_and_the_export_test_split_is_kept():
 
 
 def test_ratios_that_leave_no_train_images_are_refused(tmp_path, capsys):
-    code = main(["build", "--split-by-source", "--validation-ratio", "0.5", "--test-ratio", "0.5",
-                 "--cracks", str(tmp_path), "--output", str(tmp_path / "out")])
+    code = exit_code(main, ["build", "--split-by-source", "--validation-ratio", "0.5", "--test-ratio", "0.5",
+                            "--cracks", str(tmp_path), "--output", str(tmp_path / "out")])
     assert code == 2
     assert "keep their sum below 1" in capsys.readouterr().err
 
@@ -204,5 +204,5 @@ def test_cli_saves_the_asked_layout_and_writes_both_configurations(tmp_path, cap
     assert set(official["test"]["image_id"]) <= set(disjoint[KEPT_TEST]["image_id"])
     capsys.readouterr()
     # A saved source-disjoint build alone cannot give the default configuration: refused, with the fix.
-    assert main(["push", str(out), "org/drywall-qa"]) == 2
+    assert exit_code(main, ["push", str(out), "org/drywall-qa"]) == 2
     assert "--split-by-source" in capsys.readouterr().err

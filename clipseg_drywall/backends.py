@@ -28,7 +28,7 @@ def load_segmenter(
     batch_size: int = 8,
     device: str | None = None,
     speed_options: Iterable[str] = (),
-):
+) -> BatchedSegmenter:
     """A `Segmenter` (torch) or `OnnxSegmenter` (onnx) for `model`, a checkpoint or export folder or Hub id."""
     if backend == "torch":
         from .inference import Segmenter

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .backends import BACKENDS, SPEED_OPTIONS, load_segmenter
+from .backends import BACKENDS, SPEED_OPTIONS, BatchedSegmenter, load_segmenter
 from .cli import ArgumentParser, check_model_source, user_errors
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from .outputs import (
@@ -76,7 +76,7 @@ def _loaded(files: Sequence[Path], failures: list[tuple[str, str]]) -> Iterator[
 
 
 def predict(
-    segmenter,
+    segmenter: BatchedSegmenter,
     inputs: Sequence[str | Path],
     prompts: Sequence[str],
     output: Path,
@@ -147,8 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_call(args: argparse.Namespace) -> list[Path]:
-    """Every check that needs no model: the images to segment, or the error that stops the call."""
+def check_call(args: argparse.Namespace) -> None:
+    """Every check that needs no model, so that a mistake stops the call before the model loads."""
     for prompt in args.prompt:
         if not prompt.strip():
             raise ValueError(f"--prompt {prompt!r} is empty: give a text such as 'segment crack'")
@@ -157,11 +157,10 @@ def check_call(args: argparse.Namespace) -> list[Path]:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
     files, failures = image_files(args.inputs)
-    if not files:
+    if not files:  # with some images left, the failed inputs are reported at the end instead
         raise FileNotFoundError("nothing to segment: " + "; ".join(f"{name}: {why}" for name, why in failures))
     check_writable_folder(args.output, "--output")
     check_model_source(args.model, "--model")
-    return files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from PIL import Image
 
+from . import backends
 from .cli import ArgumentParser, check_model_source, require_extra, user_errors
 from .images import ImageLoadError, load_image
-from .outputs import mask_file_name, prompt_slugs
+from .outputs import claim_stem, mask_file_name, prompt_slugs
 from .prompts import CANONICAL_PROMPTS, all_prompts
 
 if TYPE_CHECKING:
@@ -131,14 +132,6 @@ def png_bytes(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def unique_stem_problem(path: Path, stems: dict[str, str]) -> str | None:
-    """Two photos with one stem would write the same mask names (predict refuses them the same way)."""
-    if path.stem in stems:
-        return f"{path.name}: same file name stem as {stems[path.stem]}; rename one of them"
-    stems[path.stem] = path.name
-    return None
-
-
 def segment_photos(
     segmenter: Segmenter,
     files: Sequence[str | Path] | None,
@@ -178,7 +171,8 @@ def segment_photos(
     # PNGs are compressed already: stored, not deflated again
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as archive:
         for path in files:
-            problem = unique_stem_problem(path, stems) or size_problem(path, len(prompts), max_mask_pixels)
+            clash = claim_stem(path, stems, path.name)  # as predict refuses them
+            problem = f"{path.name}: {clash}" if clash else size_problem(path, len(prompts), max_mask_pixels)
             if problem is None:
                 problem = _segment_one(segmenter, path, prompts, slugs, colours, threshold, archive, overlays, table)
             if problem:
@@ -302,9 +296,7 @@ def load_segmenter(model: str | None, threshold: float | None = None, device: st
     check_model_source(model, source)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
-    from .inference import Segmenter
-
-    return Segmenter.from_pretrained(model, threshold=threshold, device=device)
+    return backends.load_segmenter(model, "torch", threshold=threshold, device=device)
 
 
 def demo_from_env() -> gr.Blocks:

@@ -17,6 +17,7 @@ from .images import ImageInput, load_image
 from .outputs import Segmentation
 
 BACKENDS = ("torch", "onnx")
+DEFAULT_THRESHOLD = 0.5  # the decision threshold of a model whose config has none calibrated
 # Opt-in speed-ups of the torch backend (see `inference.apply_speed_options`).
 SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
 

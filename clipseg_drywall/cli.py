@@ -80,13 +80,13 @@ def user_errors(argv: list[str] | None = None):
     except (ValueError, OSError, ImportError) as error:
         if os.environ.get("CLIPSEG_DRYWALL_TRACEBACK") or "--debug" in arguments:
             raise
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(str(error)) or type(error).__name__}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines) or type(error).__name__
+def one_line(message: str) -> str:
+    """A message's lines joined into one (errors are printed as one line)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def check_model_source(name_or_path: str, what: str = "--model", needs_config: bool = True) -> None:

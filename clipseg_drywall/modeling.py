@@ -16,6 +16,8 @@ from torch import nn
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 from transformers.models.clipseg.modeling_clipseg import CLIPSegImageSegmentationOutput
 
+from .backends import DEFAULT_THRESHOLD  # noqa: F401  (re-exported: the one default)
+
 
 def vision_activations(
     model: CLIPSegForImageSegmentation, pixel_values: torch.Tensor
@@ -207,8 +209,6 @@ def restore_stock_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImage
 
 
 # ---- native resolution: the one place logits become probabilities ----
-
-DEFAULT_THRESHOLD = 0.5
 
 
 def threshold_of(config) -> float:

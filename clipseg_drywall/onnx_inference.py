@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import BatchedSegmenter
+from .backends import DEFAULT_THRESHOLD, BatchedSegmenter
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
 from .outputs import Segmentation
 from .prompts import warn_truncated
@@ -45,7 +45,6 @@ FINGERPRINT_KEY = "clipseg_drywall.config_fingerprint"
 EXPORT_ID_KEY = "clipseg_drywall.export_id"
 PIXEL_INPUT = "pixel_values"
 CONDITIONAL_INPUT = "conditional_embeddings"
-DEFAULT_THRESHOLD = 0.5  # as modeling.DEFAULT_THRESHOLD, without importing torch
 # keys of a model config that change no graph: provenance and the calibrated threshold
 _UNFINGERPRINTED = ("segmentation_threshold", "transformers_version")
 

@@ -135,6 +135,15 @@ def avoid_taken_names(slugs: dict[str, str], taken: dict[str, dict[str, str]]) -
     return {p: f"{s}-{prompt_hash(p)}" if taken_slugs.get(s, p) != p else s for p, s in slugs.items()}
 
 
+def claim_stem(path: Path, seen: dict[str, str], shown: str | None = None) -> str | None:
+    """Two images with one file stem would get the same mask names: why `path` is refused, or None after
+    recording it in `seen` (`shown`: how a later clash names it, default its path)."""
+    if path.stem in seen:
+        return f"same file name stem as {seen[path.stem]}; rename one of them"
+    seen[path.stem] = shown or str(path)
+    return None
+
+
 def check_writable_folder(folder: Path, what: str = "--output") -> None:
     """Fail before any work when `folder` cannot become a writable folder (it is not created here)."""
     folder = Path(folder)

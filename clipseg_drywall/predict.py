@@ -30,6 +30,7 @@ from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from .outputs import (
     avoid_taken_names,
     check_writable_folder,
+    claim_stem,
     mask_file_name,
     prompt_slugs,
     read_index,
@@ -92,7 +93,7 @@ def predict(
     output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     index: list[dict[str, str]] = []
-    stems: dict[str, Path] = {}
+    stems: dict[str, str] = {}
     images = _loaded(files, failures)
     try:
         with tqdm(total=len(files), desc="segmenting", unit="image") as progress:
@@ -101,10 +102,9 @@ def predict(
                 for path, image in chunk:
                     if image is None:
                         continue
-                    if path.stem in stems:  # same stem from another folder: its masks would be overwritten
-                        failures.append((str(path), f"same file name stem as {stems[path.stem]}; rename one of them"))
+                    if clash := claim_stem(path, stems):  # same stem from another folder
+                        failures.append((str(path), clash))
                     else:
-                        stems[path.stem] = path
                         kept.append((path, image))
                 results = segmenter.iter_segment([image for _, image in kept], prompts, threshold) if kept else []
                 for (path, image), result in zip(kept, results):

@@ -23,7 +23,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.utils import filter_repo_objects
 
-from .cli import ArgumentParser, user_errors
+from .cli import ArgumentParser, one_line, user_errors
 from .model_card import CARD_FILE, render_model_card
 
 ALLOW_PATTERNS = [
@@ -128,16 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # shown without traceback: the Hub's messages could carry request details
             if args.debug:
                 raise
-            print(f"error: publishing to {args.repo_id} failed: {type(error).__name__}: {_one_line(_scrub(str(error)))}",
+            print(f"error: publishing to {args.repo_id} failed: {type(error).__name__}: {one_line(_scrub(str(error)))}",
                   file=sys.stderr)
             return 1
     print(f"{'would upload' if args.dry_run else 'uploaded'} to model repo {args.repo_id}:")
     print("\n".join(f"  {name}" for name in files))
     return 0
-
-
-def _one_line(message: str) -> str:
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

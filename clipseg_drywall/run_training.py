@@ -119,7 +119,6 @@ def check_sources(model_args: ModelArguments, data_args: DataArguments, training
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: CLIPSegTrainingArguments,
                   callbacks: list | None = None) -> CLIPSegTrainer:
-    check_sources(model_args, data_args, training_args)
     set_seed(training_args.seed)  # before the model: random weights from a config depend on it
     model = load_model(model_args)
     processor = load_processor(model_args)

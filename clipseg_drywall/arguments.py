@@ -73,6 +73,8 @@ class ModelArguments:
     model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Pretrained CLIPSeg (Hub id or directory)."})
     config_name: str | None = field(default=None, metadata={"help": "Config (Hub id or directory) to start from random weights."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Where the processor (tokenizer + image processor) files are; defaults to model_name_or_path."})
+    config_overrides: str | None = field(default=None, metadata={"help": "With --config_name: config values to change, as in transformers' run_clm, "
+                                          "e.g. 'reduce_dim=128,vision_config.image_size=320' (a dotted key reaches a sub-config)."})
     image_size: int | None = field(default=None, metadata={"help": "Processor input size (square); the model interpolates its position embeddings."})
     segmentation_threshold: float | None = field(default=None, metadata={"help": "Saved in the config (default 0.5, or the checkpoint's); evaluate.py may recalibrate it."})
 

@@ -39,10 +39,30 @@ from .trainer import CLIPSegTrainer
 logger = logging.getLogger(__name__)
 
 
+def override_config(config: CLIPSegConfig, overrides: str) -> None:
+    """Apply "key=value,..." in place; "vision_config.key=value" reaches a sub-config. Values are parsed
+    as the current value's type (`PretrainedConfig.update_from_string`), and unknown keys are refused."""
+    by_part: dict[str, list[str]] = {}
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config_overrides: {item!r} is not key=value")
+        part, _, name = key.strip().rpartition(".")
+        by_part.setdefault(part, []).append(f"{name}={value.strip()}")
+    for part, items in by_part.items():
+        target = getattr(config, part, None) if part else config
+        if target is None or not hasattr(target, "update_from_string"):
+            raise ValueError(f"--config_overrides: the config has no sub-config {part!r}")
+        target.update_from_string(",".join(items))
+
+
 def load_model(model_args: ModelArguments) -> CLIPSegForImageSegmentation:
     """From `config_name` (random weights, decoder init fixed) or from `model_name_or_path`."""
     if model_args.config_name:
-        model = model_from_config(CLIPSegConfig.from_pretrained(model_args.config_name))
+        config = CLIPSegConfig.from_pretrained(model_args.config_name)
+        if model_args.config_overrides:
+            override_config(config, model_args.config_overrides)
+        model = model_from_config(config)
     else:
         model = CLIPSegForImageSegmentation.from_pretrained(model_args.model_name_or_path)
     if model_args.segmentation_threshold is not None:
@@ -107,6 +127,11 @@ def check_sources(model_args: ModelArguments, data_args: DataArguments, training
         source = getattr(model_args, flag)
         if source and not (flag == "model_name_or_path" and model_args.config_name):
             check_model_source(source, f"--{flag}", needs_config=flag != "tokenizer_name")
+    if model_args.config_overrides:
+        if not model_args.config_name:
+            raise ValueError("--config_overrides changes the config of a model trained from random weights: "
+                             "pass it with --config_name (a pretrained checkpoint keeps its own config)")
+        override_config(CLIPSegConfig.from_pretrained(model_args.config_name), model_args.config_overrides)
     if data_args.dataset_path and not (Path(data_args.dataset_path) / "dataset_dict.json").is_file():
         raise FileNotFoundError(f"--dataset_path {data_args.dataset_path}: no saved DatasetDict there; build one with "
                                 f"`python -m data_builders build ... --output {data_args.dataset_path}`")

@@ -81,3 +81,39 @@ def test_the_dataset_id_comes_from_the_run(tiny_model_dir, tiny_drywall_dir, tmp
           "--tokenizer_name", str(CLIPSEG_FILES)])
     metadata = yaml.safe_load((output / "README.md").read_text().split("---")[1])
     assert metadata["datasets"] == ["someone/drywall-qa"]
+
+
+def test_config_overrides_change_the_random_model(tiny_config_dir):
+    from clipseg_drywall.arguments import ModelArguments
+    from clipseg_drywall.run_training import load_model
+
+    model = load_model(ModelArguments(config_name=str(tiny_config_dir),
+                                      config_overrides="reduce_dim=32, vision_config.image_size=64"))
+    assert model.config.reduce_dim == 32 and model.decoder.film_mul.out_features == 32
+    assert model.config.vision_config.image_size == 64
+    assert model.clip.vision_model.embeddings.position_embedding.num_embeddings == (64 // model.config.vision_config.patch_size) ** 2 + 1
+
+
+@pytest.mark.parametrize("overrides, error", [
+    ("reduce_dims=32", "reduce_dims"),                 # a typo is refused, not ignored
+    ("reduce_dim", "is not key=value"),
+    ("audio_config.size=3", "no sub-config 'audio_config'"),
+])
+def test_bad_config_overrides_are_named(overrides, error, tiny_config_dir, tmp_path):
+    from clipseg_drywall.run_training import check_sources
+
+    model, data, training = parse_training_arguments(
+        ["--config_name", str(tiny_config_dir), "--config_overrides", overrides, "--output_dir", str(tmp_path),
+         "--dataset_name", "someone/drywall-qa"])
+    with pytest.raises(ValueError, match=error):
+        check_sources(model, data, training)
+
+
+def test_config_overrides_need_a_config_name(tmp_path):
+    from clipseg_drywall.run_training import check_sources
+
+    model, data, training = parse_training_arguments(
+        ["--model_name_or_path", str(CLIPSEG_FILES), "--config_overrides", "reduce_dim=32", "--output_dir", str(tmp_path),
+         "--dataset_name", "someone/drywall-qa"])
+    with pytest.raises(ValueError, match="pass it with --config_name"):
+        check_sources(model, data, training)

@@ -82,14 +82,21 @@ def _parse(recipe: Path, seed: int, model_dir: Path, dataset_path: str, tokenize
     return argv, parse_arguments((ModelArguments, DataArguments, CLIPSegTrainingArguments), argv)[2]
 
 
-def _finished(model_dir: Path, wanted: CLIPSegTrainingArguments) -> bool:
-    """A finished run of the same recipe and seed in `model_dir` (so it is scored, not trained again)."""
-    record = model_dir / "training_args.json"
-    if not (model_dir / "model.safetensors").is_file() or not record.is_file():
+ARGV_FILE = "learn_from_scratch_argv.json"
+
+
+def _command(argv: list[str], recipe: Path) -> dict:
+    return {"argv": argv, "recipe": json.loads(recipe.read_text())}
+
+
+def _finished(model_dir: Path, command: dict, wanted: CLIPSegTrainingArguments) -> bool:
+    """A finished run of the same command (recipe contents, seed, overrides) in `model_dir`, so it is
+    scored, not trained again."""
+    record, saved = model_dir / "training_args.json", model_dir / ARGV_FILE
+    if not (model_dir / "model.safetensors").is_file() or not record.is_file() or not saved.is_file():
         return False
     done = json.loads(record.read_text())
-    keys = ("seed", "max_steps", "per_device_train_batch_size", "encoder_learning_rate", "decoder_learning_rate")
-    return all(done.get(key) == getattr(wanted, key) for key in keys)
+    return json.loads(saved.read_text()) == command and done.get("max_steps") == wanted.max_steps
 
 
 def _miou(predictions: list[np.ndarray], masks: list[np.ndarray]) -> float:
@@ -123,10 +130,12 @@ def baselines(train_rows, test_rows) -> dict[str, dict[str, float]]:
 def run_seed(args, seed: int) -> dict:
     model_dir = Path(args.output_dir) / f"seed{seed}"
     argv, wanted = _parse(Path(args.recipe), seed, model_dir, args.dataset_path, args.tokenizer, args.override)
-    if _finished(model_dir, wanted):
+    command = _command(argv, Path(args.recipe))
+    if _finished(model_dir, command, wanted):
         print(f"seed {seed}: reusing the finished run in {model_dir}", flush=True)
     else:
         train_main(argv, callbacks=[WallClockGuard(args.max_minutes * 60)])
+        (model_dir / ARGV_FILE).write_text(json.dumps(command, indent=2))
     metrics = evaluate_model(EvaluationArguments(
         model_path=str(model_dir), dataset_path=args.dataset_path, output_dir=str(model_dir / "test-evaluation"),
         split="test", calibration_split="validation", latency_images=0, update_model=False, figure_cases=0))

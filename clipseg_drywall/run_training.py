@@ -53,7 +53,10 @@ def override_config(config: CLIPSegConfig, overrides: str) -> None:
         target = getattr(config, part, None) if part else config
         if target is None or not hasattr(target, "update_from_string"):
             raise ValueError(f"--config_overrides: the config has no sub-config {part!r}")
-        target.update_from_string(",".join(items))
+        try:
+            target.update_from_string(",".join(items))
+        except ValueError as error:  # an unknown key, or a value that is not of the key's type
+            raise ValueError(f"--config_overrides {overrides!r}: {error}") from None
 
 
 def load_model(model_args: ModelArguments) -> CLIPSegForImageSegmentation:

@@ -95,7 +95,8 @@ def test_config_overrides_change_the_random_model(tiny_config_dir):
 
 
 @pytest.mark.parametrize("overrides, error", [
-    ("reduce_dims=32", "reduce_dims"),                 # a typo is refused, not ignored
+    ("reduce_dims=32", "--config_overrides 'reduce_dims=32'.*reduce_dims"),  # a typo is refused, not ignored
+    ("reduce_dim=wide", "--config_overrides"),
     ("reduce_dim", "is not key=value"),
     ("audio_config.size=3", "no sub-config 'audio_config'"),
 ])

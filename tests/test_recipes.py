@@ -114,7 +114,7 @@ def test_config_overrides_need_a_config_name(tmp_path):
     from clipseg_drywall.run_training import check_sources
 
     model, data, training = parse_training_arguments(
-        ["--model_name_or_path", str(CLIPSEG_FILES), "--config_overrides", "reduce_dim=32", "--output_dir", str(tmp_path),
+        ["--model_name_or_path", "CIDAS/clipseg-rd64-refined", "--config_overrides", "reduce_dim=32", "--output_dir", str(tmp_path),
          "--dataset_name", "someone/drywall-qa"])
     with pytest.raises(ValueError, match="pass it with --config_name"):
         check_sources(model, data, training)

@@ -82,21 +82,18 @@ def _parse(recipe: Path, seed: int, model_dir: Path, dataset_path: str, tokenize
     return argv, parse_arguments((ModelArguments, DataArguments, CLIPSegTrainingArguments), argv)[2]
 
 
-ARGV_FILE = "learn_from_scratch_argv.json"
+COMMAND_FILE = "learn_from_scratch_command.json"
 
 
 def _command(argv: list[str], recipe: Path) -> dict:
+    """What decides a run: the train.py arguments (seed, overrides) and the recipe file's contents."""
     return {"argv": argv, "recipe": json.loads(recipe.read_text())}
 
 
-def _finished(model_dir: Path, command: dict, wanted: CLIPSegTrainingArguments) -> bool:
-    """A finished run of the same command (recipe contents, seed, overrides) in `model_dir`, so it is
-    scored, not trained again."""
-    record, saved = model_dir / "training_args.json", model_dir / ARGV_FILE
-    if not (model_dir / "model.safetensors").is_file() or not record.is_file() or not saved.is_file():
-        return False
-    done = json.loads(record.read_text())
-    return json.loads(saved.read_text()) == command and done.get("max_steps") == wanted.max_steps
+def _finished(model_dir: Path, command: dict) -> bool:
+    """A finished run of the same command in `model_dir`, so it is scored, not trained again."""
+    saved = model_dir / COMMAND_FILE
+    return (model_dir / "model.safetensors").is_file() and saved.is_file() and json.loads(saved.read_text()) == command
 
 
 def _miou(predictions: list[np.ndarray], masks: list[np.ndarray]) -> float:
@@ -131,11 +128,11 @@ def run_seed(args, seed: int) -> dict:
     model_dir = Path(args.output_dir) / f"seed{seed}"
     argv, wanted = _parse(Path(args.recipe), seed, model_dir, args.dataset_path, args.tokenizer, args.override)
     command = _command(argv, Path(args.recipe))
-    if _finished(model_dir, command, wanted):
+    if _finished(model_dir, command):
         print(f"seed {seed}: reusing the finished run in {model_dir}", flush=True)
     else:
         train_main(argv, callbacks=[WallClockGuard(args.max_minutes * 60)])
-        (model_dir / ARGV_FILE).write_text(json.dumps(command, indent=2))
+        (model_dir / COMMAND_FILE).write_text(json.dumps(command, indent=2))
     metrics = evaluate_model(EvaluationArguments(
         model_path=str(model_dir), dataset_path=args.dataset_path, output_dir=str(model_dir / "test-evaluation"),
         split="test", calibration_split="validation", latency_images=0, update_model=False, figure_cases=0))

@@ -56,7 +56,8 @@ def override_config(config: CLIPSegConfig, overrides: str) -> None:
         try:
             target.update_from_string(",".join(items))
         except ValueError as error:  # an unknown key, or a value that is not of the key's type
-            raise ValueError(f"--config_overrides {overrides!r}: {error}") from None
+            raise ValueError(f"--config_overrides {overrides!r}: {error}; use the keys, and values of their types, "
+                             "found in the config's config.json") from None
 
 
 def load_model(model_args: ModelArguments) -> CLIPSegForImageSegmentation:

@@ -27,6 +27,7 @@ EVAL = ["datasets>=4.0", "evaluate>=0.4", "matplotlib"]
 # OnnxSegmenter at run time (no torch needed: see README "Deploy"); the exporter also needs onnx
 ONNX = ["onnxruntime>=1.13", "tokenizers>=0.15", "onnx>=1.13"]
 DEMO = ["gradio>=6.0"]  # the Gradio app (python -m clipseg_drywall.app, space/)
+REPORT = ["scikit-image>=0.19"]  # the inspection report's measurements (skeleton, distance transform, labels)
 ALL = sorted(set(DATA + TRAIN + EVAL))
 
 setup(
@@ -56,8 +57,9 @@ setup(
         "all": ALL,
         "onnx": ONNX,
         "demo": DEMO,
+        "report": REPORT,
         # selenium drives Debian's chromium in tests/test_app.py (.ci/run installs it)
-        "test": ALL + ["pytest>=8", "ruff"] + ONNX + DEMO + ["selenium>=4.10"],
+        "test": ALL + ["pytest>=8", "ruff"] + ONNX + DEMO + REPORT + ["selenium>=4.10"],
     },
     entry_points={
         "console_scripts": [
@@ -67,6 +69,7 @@ setup(
             "clipseg-drywall-publish = clipseg_drywall.publish:main",
             "clipseg-drywall-export = clipseg_drywall.export:main",
             "clipseg-drywall-app = clipseg_drywall.app:main",
+            "clipseg-drywall-report = clipseg_drywall.cli:report",
             "clipseg-drywall-dataset = data_builders.__main__:main",
         ]
     },

@@ -69,6 +69,10 @@ def evaluate() -> int:
     return _run("eval", ("datasets", "evaluate", "matplotlib"), "clipseg_drywall.run_evaluation")
 
 
+def report() -> int:
+    return _run("report", ("skimage",), "clipseg_drywall.report")
+
+
 @contextlib.contextmanager
 def user_errors(argv: list[str] | None = None):
     """A usage or input problem (bad path, bad argument, missing split, unwritable folder) as one

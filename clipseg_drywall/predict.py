@@ -66,7 +66,7 @@ def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.composite(colour, image, alpha)
 
 
-def _loaded(files: Sequence[Path], failures: list[tuple[str, str]]) -> Iterator[tuple[Path, Image.Image | None]]:
+def loaded_images(files: Sequence[Path], failures: list[tuple[str, str]]) -> Iterator[tuple[Path, Image.Image | None]]:
     """(path, image), or (path, None) for a file that failed (recorded in `failures`)."""
     for path in files:
         try:
@@ -94,7 +94,7 @@ def predict(
     written: list[Path] = []
     index: list[dict[str, str]] = []
     stems: dict[str, str] = {}
-    images = _loaded(files, failures)
+    images = loaded_images(files, failures)
     try:
         with tqdm(total=len(files), desc="segmenting", unit="image") as progress:
             while chunk := [item for _, item in zip(range(segmenter.batch_size), images)]:
@@ -119,23 +119,35 @@ def predict(
 
 def _write(output: Path, path: Path, image: Image.Image, prompt: str, mask: np.ndarray,
            slugs: dict[str, str], write_overlay: bool, written: list[Path]) -> dict[str, str]:
+    target, overlay_file = write_mask(output, path, image, prompt, mask, slugs, write_overlay)
+    written.extend(name for name in (target, overlay_file) if name is not None)
+    return {"image": str(path), "prompt": prompt, "mask": target.name, "overlay": overlay_file.name if overlay_file else ""}
+
+
+def write_mask(output: Path, path: Path, image: Image.Image, prompt: str, mask: np.ndarray,
+               slugs: dict[str, str], write_overlay: bool = True) -> tuple[Path, Path | None]:
+    """`output/<image stem>__<prompt slug>.png` and, with `write_overlay`, the mask over the image as
+    `..._overlay.jpg` beside it, both atomically: (mask file, overlay file or None)."""
     target = save_mask(mask, output / mask_file_name(path, prompt, slugs))
-    written.append(target)
-    row = {"image": str(path), "prompt": prompt, "mask": target.name, "overlay": ""}
-    if write_overlay:
-        overlay_file = save_image(overlay(image, mask), target.with_name(target.stem + "_overlay.jpg"), quality=90)
-        written.append(overlay_file)
-        row["overlay"] = overlay_file.name
-    return row
+    if not write_overlay:
+        return target, None
+    return target, save_image(overlay(image, mask), target.with_name(target.stem + "_overlay.jpg"), quality=90)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m clipseg_drywall.predict", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (an export folder with --backend onnx)")
     parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeatable)")
     parser.add_argument("--output", required=True, type=Path, help="folder for the mask PNGs and index.csv")
+    add_segmenter_arguments(parser)
+    parser.add_argument("--overlay", action="store_true", help="also write each mask over its image as a JPEG")
+    return parser
+
+
+def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and run the segmenter (predict and the report share them)."""
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (an export folder with --backend onnx)")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model config's)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per vision pass")
     parser.add_argument("--backend", default="torch", choices=BACKENDS,
@@ -143,8 +155,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--speed", action="append", default=[], choices=SPEED_OPTIONS,
                         help="opt-in CPU speed-up of the torch backend (repeatable); see README 'Performance'")
-    parser.add_argument("--overlay", action="store_true", help="also write each mask over its image as a JPEG")
-    return parser
 
 
 def check_call(args: argparse.Namespace) -> None:

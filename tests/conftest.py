@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,25 @@ def exit_code(main, argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exit_info:
         return exit_info.code
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), "/usr/bin/chromedriver"
+requires_chromium = pytest.mark.skipif(
+    CHROMIUM is None or not Path(CHROMEDRIVER).is_file(),
+    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture
+def chromium():
+    """A headless Chromium driven by Selenium (1400x1600 window), quit after the test."""
+    pytest.importorskip("selenium", reason="the browser tests need selenium ([test] extra)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1600"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()

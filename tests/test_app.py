@@ -23,11 +23,10 @@ from clipseg_drywall.inference import Segmenter
 from clipseg_drywall.outputs import mask_file_name, prompt_slugs
 from clipseg_drywall.prompts import all_prompts
 
-from .conftest import CRACKS, JOINTS, requires_shared
+from .conftest import CRACKS, JOINTS, requires_chromium, requires_shared
 
 pytest.importorskip("gradio", reason="the demo needs gradio: pip install -e '.[demo]'")
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), "/usr/bin/chromedriver"
 pytestmark = requires_shared
 
 
@@ -232,35 +231,24 @@ def test_served_api(server, segmenter, photos, bad_files, tmp_path):
     assert "notes.txt: not a readable image" in status and "Traceback" not in status
 
 
-@pytest.mark.skipif(CHROMIUM is None or not Path(CHROMEDRIVER).is_file(),
-                    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium "
-                           "chromium-driver)")
-def test_browser(server, photos, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+@requires_chromium
+def test_browser(server, photos, tmp_path, chromium):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1600"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        driver.get(server)
-        wait = WebDriverWait(driver, 30)
-        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#photos input[type=file]"))
-        upload.send_keys(str(photos[0]))
-        wait.until(lambda d: photos[0].stem in d.find_element(By.ID, "photos").text)  # the name wraps before ".jpg"
-        driver.find_element(By.ID, "run").click()
-        legend = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay-0 .legend-item") or None)
-        assert [item.text for item in legend] == DEFAULT_PROMPTS
-        image = driver.find_element(By.CSS_SELECTOR, "#overlay-0 img.base-image")
-        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#overlay-0 img.mask")) == len(DEFAULT_PROMPTS)
-        assert "1 photo(s) segmented" in driver.find_element(By.ID, "status").text
-        screenshot = tmp_path / "demo.png"
-        assert driver.save_screenshot(str(screenshot))
-        assert Image.open(screenshot).size[0] > 0
-    finally:
-        driver.quit()
+    driver = chromium
+    driver.get(server)
+    wait = WebDriverWait(driver, 30)
+    upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#photos input[type=file]"))
+    upload.send_keys(str(photos[0]))
+    wait.until(lambda d: photos[0].stem in d.find_element(By.ID, "photos").text)  # the name wraps before ".jpg"
+    driver.find_element(By.ID, "run").click()
+    legend = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay-0 .legend-item") or None)
+    assert [item.text for item in legend] == DEFAULT_PROMPTS
+    image = driver.find_element(By.CSS_SELECTOR, "#overlay-0 img.base-image")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#overlay-0 img.mask")) == len(DEFAULT_PROMPTS)
+    assert "1 photo(s) segmented" in driver.find_element(By.ID, "status").text
+    screenshot = tmp_path / "demo.png"
+    assert driver.save_screenshot(str(screenshot))
+    assert Image.open(screenshot).size[0] > 0

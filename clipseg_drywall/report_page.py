@@ -1,0 +1,244 @@
+"""The inspection report's page: one self-contained HTML file (inline CSS, SVG and JS; no CDN, no server).
+
+At the top, what the findings rest on (model and card, threshold and its origin, date, scale, flag
+rules, severity bands), the counts (photos, flagged per prompt, skipped and why) and a coverage
+histogram per prompt. Then one row per photo, worst first: overlay thumbnails linking to the full-size
+overlays, and per prompt coverage, regions, for cracks length, widths and severity band, and why
+it was flagged. Clicking a column header sorts by it; a text box and a check box filter the rows.
+Images are linked by paths relative to the page, so the folder can be zipped and opened anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .findings import is_crack_prompt
+from .measurements import SEVERITY_NAMES
+
+THUMBS_DIR = "thumbs"
+COVERAGE_BINS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # % of the photo
+
+
+@dataclass
+class PageSummary:
+    model: str
+    model_card: str | None  # the model folder's README.md, if any
+    backend: str
+    threshold: float
+    threshold_origin: str
+    date: str
+    prompts: list[str]
+    mm_per_pixel: float | None
+    flag_rules: list[str]
+    default_flag_rules: bool
+    severity_edges: Sequence[float]
+
+
+def thumbnail_name(overlay: str) -> str:
+    """Where the thumbnail of an overlay lives, relative to the report folder."""
+    return f"{THUMBS_DIR}/{Path(overlay).name}"
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value, digits: int = 2) -> str:
+    return "" if value is None else (str(value) if isinstance(value, int) else f"{value:.{digits}f}")
+
+
+def worst_first(photos: Sequence[str], rows_of: dict[str, dict[str, dict]]) -> list[str]:
+    """Photos ordered worst first: most prompts flagged, then widest crack, then highest coverage; skipped last."""
+    def key(photo: str) -> tuple:
+        rows = list(rows_of[photo].values())
+        if any(row["status"] == "skipped" for row in rows):
+            return (1, 0, 0, 0)
+        widths = [row["max_width_px"] or 0.0 for row in rows]
+        return (0, -sum(row["flagged"] for row in rows), -max(widths, default=0.0),
+                -max(row["coverage_percent"] for row in rows))
+    return sorted(photos, key=key)  # stable: ties keep the photos' order
+
+
+def histogram_svg(values: Sequence[float], label: str) -> str:
+    """A bar chart of coverage values (%) over `COVERAGE_BINS`, as inline SVG."""
+    counts = [0] * (len(COVERAGE_BINS) - 1)
+    for value in values:
+        index = next(i for i in range(len(counts)) if value < COVERAGE_BINS[i + 1] or i == len(counts) - 1)
+        counts[index] += 1
+    width, height, bar = 380, 150, 40
+    top = max(counts, default=0) or 1
+    parts = [f'<svg class="hist" role="img" aria-label="{_e(label)}" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}">']
+    for i, count in enumerate(counts):
+        x, h = 8 + i * bar, round(90 * count / top)
+        parts.append(f'<rect x="{x}" y="{110 - h}" width="{bar - 6}" height="{h}"><title>{count} photo(s) with '
+                     f'{COVERAGE_BINS[i]:g}-{COVERAGE_BINS[i + 1]:g}%</title></rect>'
+                     f'<text x="{x + (bar - 6) / 2}" y="{106 - h}" class="count">{count}</text>'
+                     f'<text x="{x + (bar - 6) / 2}" y="126" class="tick">{COVERAGE_BINS[i]:g}</text>')
+    parts.append(f'<text x="{width / 2}" y="145" class="axis">coverage of the photo, % (bin starts)</text></svg>')
+    return "".join(parts)
+
+
+def _header(summary: PageSummary, photos: int, skipped: dict[str, str], rows: Sequence[dict]) -> str:
+    scale = (f"{summary.mm_per_pixel:g} mm per pixel: lengths and widths in mm" if summary.mm_per_pixel
+             else "not given (--mm_per_pixel): lengths and widths in pixels, no severity band")
+    edges, names = list(summary.severity_edges), SEVERITY_NAMES
+    bands = " &le; ".join(f"{names[i]} &lt; {edges[i]:g} mm" for i in range(len(edges))) + f" &le; {names[-1]}"
+    rules = "; ".join(_e(rule) for rule in summary.flag_rules) + (" (the default)" if summary.default_flag_rules else "")
+    card = (f"<details><summary>model card</summary><pre>{_e(summary.model_card)}</pre></details>"
+            if summary.model_card else " <span class='muted'>(no model card in the model folder)</span>")
+    items = [("Model", f"<code>{_e(summary.model)}</code> ({_e(summary.backend)} backend){card}"),
+             ("Threshold", f"{summary.threshold:g}: {_e(summary.threshold_origin)}"),
+             ("Date", _e(summary.date)),
+             ("Photos", f"{photos}: {photos - len(skipped)} measured, {len(skipped)} skipped"),
+             ("Flagged when", rules), ("Scale", scale), ("Severity bands (largest width)", bands)]
+    summary_list = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items)
+    cards = []
+    for prompt in summary.prompts:
+        measured = [row for row in rows if row["prompt"] == prompt and row["status"] == "ok"]
+        flagged = sum(row["flagged"] for row in measured)
+        cards.append(f'<div class="prompt-card"><h3>{_e(prompt)}</h3><p class="flagged-count">flagged: '
+                     f'<b>{flagged}</b> of {len(measured)} photos</p>'
+                     f'{histogram_svg([row["coverage_percent"] for row in measured], "coverage of " + prompt)}</div>')
+    skipped_list = "".join(f"<li><code>{_e(name)}</code>: {_e(why)}</li>" for name, why in skipped.items())
+    skipped_html = (f'<section id="skipped"><h2>Skipped ({len(skipped)})</h2><ul>{skipped_list}</ul></section>'
+                    if skipped else "")
+    return (f'<header><h1>Drywall inspection report</h1><dl class="summary">{summary_list}</dl></header>'
+            f'<section id="prompts">{"".join(cards)}</section>{skipped_html}')
+
+
+def _columns(summary: PageSummary) -> list[tuple[str, str, str]]:
+    """(group, header, key) of the table's columns; key "prompt|field" reads a prompt's row, group is its prompt."""
+    unit = "mm" if summary.mm_per_pixel else "px"
+    columns = [("", "#", "rank"), ("", "overlays", ""), ("", "photo", "photo"), ("", "flags", "flags")]
+    for prompt in summary.prompts:
+        fields = [("coverage %", "coverage_percent"), ("regions", "regions")]
+        if is_crack_prompt(prompt):
+            fields += [(f"length {unit}", f"length_{unit}"), (f"largest width {unit}", f"max_width_{unit}"),
+                       (f"mean width {unit}", f"mean_width_{unit}")]
+            fields += [("severity", "severity")] if summary.mm_per_pixel else []
+        columns += [(prompt, name, f"{prompt}|{field}") for name, field in [*fields, ("flagged because", "flag_reason")]]
+    return columns
+
+
+def _table_head(columns: Sequence[tuple[str, str, str]]) -> str:
+    """Two header rows: prompt groups over their columns; a column without a group spans both rows."""
+    top, bottom = [], []
+    for index, (group, name, _) in enumerate(columns):
+        span = "" if group else ' rowspan="2"'
+        (bottom if group else top).append(f'<th data-col="{index}" title="click to sort"{span}>{_e(name)}</th>')
+        if group and columns[index - 1][0] != group:  # the first column of a prompt's group
+            width = sum(1 for column in columns if column[0] == group)
+            top.append(f'<th class="group" colspan="{width}">{_e(group)}</th>')
+    return f"<tr>{''.join(top)}</tr><tr>{''.join(bottom)}</tr>"
+
+
+def _cell(key: str, photo: str, rank: int, rows: dict[str, dict]) -> tuple[str, str]:
+    """(sort value, shown html) of one cell."""
+    if key == "rank":
+        return str(rank), str(rank)
+    if key == "photo":
+        return photo, f"<code>{_e(Path(photo).name)}</code>"
+    if key == "flags":
+        count = sum(row["flagged"] for row in rows.values())
+        return str(count), str(count)
+    if key == "":
+        links = [f'<a href="{_e(row["overlay"])}"><img src="{_e(thumbnail_name(row["overlay"]))}" loading="lazy" '
+                 f'alt="{_e(prompt)} overlay of {_e(Path(photo).name)}" title="{_e(prompt)}"></a>'
+                 for prompt, row in rows.items() if row["overlay"]]
+        return "", "".join(links)
+    prompt, field = key.split("|", 1)
+    row = rows[prompt]
+    if row["status"] == "skipped":
+        return "", f'<span class="muted">skipped: {_e(row["skip_reason"])}</span>' if field == "flag_reason" else ""
+    value = row[field]
+    if field == "severity":
+        rank_of = {name: i for i, name in enumerate(SEVERITY_NAMES)}
+        return str(rank_of.get(value, -1)), _e(value)
+    if field == "flag_reason":
+        return ("1 " if row["flagged"] else "0 ") + value, _e(value)
+    digits = 3 if field.endswith("_mm") else 2
+    return _number(value, 6), _number(value, digits)
+
+
+def render_page(summary: PageSummary, photos: Sequence[str], rows: Sequence[dict]) -> str:
+    """The whole page for the findings `rows` (one per photo and prompt, `findings.FINDING_COLUMNS`)."""
+    rows_of: dict[str, dict[str, dict]] = {photo: {} for photo in photos}
+    for row in rows:
+        rows_of[row["photo"]][row["prompt"]] = row
+    skipped = {photo: next(iter(found.values()))["skip_reason"] for photo, found in rows_of.items()
+               if any(row["status"] == "skipped" for row in found.values())}
+    columns = _columns(summary)
+    head = _table_head(columns)
+    body = []
+    for rank, photo in enumerate(worst_first(photos, rows_of), start=1):
+        cells = [_cell(key, photo, rank, rows_of[photo]) for _, _, key in columns]
+        flagged = any(row["flagged"] for row in rows_of[photo].values())
+        body.append(f'<tr data-flagged="{int(flagged)}">' + "".join(
+            f'<td data-v="{_e(value)}">{shown}</td>' for value, shown in cells) + "</tr>")
+    return PAGE.format(title=f"Drywall inspection report: {len(photos)} photos", header=_header(
+        summary, len(photos), skipped, rows), head=head, body="\n".join(body), style=STYLE, script=SCRIPT)
+
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
+h1{margin:0 0 .4em}code{font-size:13px}.muted{color:#777}
+dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;margin:0 0 1em}
+dl.summary dt{font-weight:600}dl.summary dd{margin:0}details pre{max-height:20em;overflow:auto;background:#f6f6f6;
+padding:.6em;white-space:pre-wrap}
+#prompts{display:flex;flex-wrap:wrap;gap:1em}.prompt-card{border:1px solid #ddd;border-radius:6px;padding:.4em .8em}
+.prompt-card h3{margin:.2em 0}.hist rect{fill:#D55E00}.hist text{font-size:11px;text-anchor:middle;fill:#333}
+#controls{margin:1em 0 .5em;display:flex;gap:1.5em;align-items:center}
+table{border-collapse:collapse}th,td{border:1px solid #ddd;padding:3px 6px;vertical-align:middle}
+th{background:#f0f0f0;cursor:pointer;position:sticky;top:0;font-size:12px}th.asc::after{content:" \\25B2"}
+th.desc::after{content:" \\25BC"}tr[data-flagged="1"] td:nth-child(4){background:#fde0d0;font-weight:600}
+td img{height:64px;margin-right:3px;border:1px solid #ccc}td:nth-child(2){white-space:nowrap}
+th.group{cursor:default;background:#e4e4e4}
+"""
+
+SCRIPT = """
+(function(){
+  const table=document.getElementById('findings'), body=table.tBodies[0];
+  const numeric=v=>v!==''&&isFinite(Number(v));
+  function compare(a,b){ // empty values last, numbers as numbers, text as text
+    if(a===''||b==='') return (a==='')-(b==='');
+    return numeric(a)&&numeric(b)?Number(a)-Number(b):a.localeCompare(b);}
+  table.tHead.addEventListener('click',function(event){
+    const th=event.target.closest('th[data-col]'); if(!th) return;
+    const col=Number(th.dataset.col), descending=!th.classList.contains('desc');
+    for(const other of table.tHead.querySelectorAll('th[data-col]')) other.classList.remove('asc','desc');
+    th.classList.add(descending?'desc':'asc');
+    const rows=Array.from(body.rows);
+    rows.sort((r,s)=>{const a=r.cells[col].dataset.v,b=s.cells[col].dataset.v;
+      const c=(a===''||b==='')?compare(a,b):(descending?compare(b,a):compare(a,b));
+      return c||Number(r.cells[0].dataset.v)-Number(s.cells[0].dataset.v);});
+    for(const row of rows) body.appendChild(row);});
+  const text=document.getElementById('filter'), flaggedOnly=document.getElementById('flagged-only');
+  function filter(){
+    const words=text.value.toLowerCase(); let shown=0;
+    for(const row of body.rows){
+      const visible=(!flaggedOnly.checked||row.dataset.flagged==='1')&&row.textContent.toLowerCase().includes(words);
+      row.hidden=!visible; shown+=visible;}
+    document.getElementById('shown').textContent=shown+' of '+body.rows.length+' photos shown';}
+  text.addEventListener('input',filter); flaggedOnly.addEventListener('change',filter); filter();
+})();
+"""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{title}</title><style>{style}</style></head>
+<body>
+{header}
+<section id="controls"><label>filter <input id="filter" type="search" placeholder="photo name or flag"></label>
+<label><input id="flagged-only" type="checkbox"> flagged only</label><span id="shown"></span>
+<span class="muted">click a column header to sort</span></section>
+<table id="findings"><thead>{head}</thead>
+<tbody>
+{body}
+</tbody></table>
+<script>{script}</script>
+</body></html>
+"""

@@ -1,0 +1,420 @@
+"""The inspection report: measurements on masks of known geometry, the findings files against the masks they
+name, the page (parsed, and sorted in headless Chromium), kill and resume, refusals, bad arguments, ONNX parity
+and the memory bound.
+
+A tiny random model (conftest) stands in for a trained one; its threshold is the median probability of a real
+photo, so that masks mark something and differ between photos.
+"""
+
+from __future__ import annotations
+
+import csv
+import html.parser
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.draw import disk, line
+
+from clipseg_drywall import report
+from clipseg_drywall.findings import finding_row, parse_flag_rule
+from clipseg_drywall.measurements import measure, severity
+
+from .conftest import CRACKS, JOINTS, REPO, exit_code, requires_chromium, requires_shared
+
+PROMPTS = report.DEFAULT_PROMPTS
+
+
+# --- measurements on synthetic masks -------------------------------------------------------------------
+
+
+def test_a_3px_wide_200px_long_line():
+    mask = np.zeros((60, 300), np.uint8)
+    mask[20:23, 50:250] = 255
+    found = measure(mask, crack=True)
+    assert found.coverage == 600 / mask.size and found.regions == 1
+    assert 196 <= found.length_px <= 200  # the skeleton ends about a pixel short of each end
+    assert found.max_width_px == 3.0 and 2.9 <= found.mean_width_px <= 3.0
+
+
+def test_a_diagonal_line_is_measured_along_its_length():
+    mask = np.zeros((260, 260), bool)
+    for offset in (-1, 0, 1):
+        rows, columns = line(20, 20 + offset, 220, 220 + offset)
+        mask[rows, columns] = True
+    found = measure(mask, crack=True)
+    assert found.regions == 1
+    assert found.length_px == pytest.approx(200 * np.sqrt(2), rel=0.02)
+
+
+def test_a_ring():
+    mask = np.zeros((200, 200), bool)
+    mask[disk((100, 100), 50)] = True
+    mask[disk((100, 100), 40)] = False
+    found = measure(mask, crack=True)
+    assert found.regions == 1
+    # the 8-connected chain overestimates a circle by up to 8 % (see measurements' doc)
+    assert 1.0 <= found.length_px / (2 * np.pi * 45) <= 1.08
+    # 10 px wide (radii 40 to 50); an even width reads one pixel low (see measurements' doc)
+    assert found.mean_width_px == pytest.approx(9, abs=0.5) and found.max_width_px <= 10
+
+
+def test_two_blobs_and_an_empty_mask():
+    mask = np.zeros((100, 200), np.uint8)
+    mask[disk((50, 50), 20)] = 255
+    mask[disk((50, 150), 10)] = 255
+    found = measure(mask)
+    assert found.regions == 2 and found.coverage == (mask > 0).mean()
+    assert found.length_px is None and found.max_width_px is None  # not measured as a crack
+    empty = measure(np.zeros((10, 10), np.uint8), crack=True)
+    assert (empty.coverage, empty.regions, empty.length_px, empty.max_width_px) == (0.0, 0, 0.0, 0.0)
+
+
+def test_severity_bands_and_flag_rules():
+    assert [severity(w) for w in (0.05, 0.1, 0.29, 0.3, 0.7, 2.0, None)] == \
+        ["hairline", "fine", "fine", "medium", "wide", "wide", ""]
+    rule = parse_flag_rule("crack: max_width >= 0.3mm")
+    assert (rule.scope, rule.metric, rule.op, rule.value, rule.unit) == ("crack", "max_width", ">=", 0.3, "mm")
+    found = {"coverage": 0.02, "regions": 3, "length_px": 100.0, "max_width_px": 4.0, "mean_width_px": 2.0,
+             "mask": "m.png", "overlay": "o.jpg"}
+    rules = [parse_flag_rule("coverage > 0.5%"), rule]
+    row = finding_row("a.jpg", "segment crack", found, 0.1, rules)
+    assert row["flagged"] and row["flag_reason"] == "coverage 2.00% > 0.5%; max_width 0.40mm >= 0.3mm"
+    assert row["severity"] == "medium" and row["max_width_mm"] == pytest.approx(0.4)
+    assert finding_row("a.jpg", "segment taping area", {**found, "coverage": 0.001}, 0.1, rules)["flagged"] is False
+    for bad in ("coverage > 0.5", "width > 3px", "crack: max_width < 3px", "regions > 2%"):
+        with pytest.raises(ValueError, match="--flag"):
+            parse_flag_rule(bad)
+
+
+# --- a report on real photos ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    """4 crack and 2 joint validation photos, a file that is not an image, and a second folder whose photo has
+    the stem of one in the first (skipped: its masks would overwrite the other's)."""
+    if not (CRACKS.is_dir() and JOINTS.is_dir()):
+        pytest.skip(f"real photos not found in {CRACKS.parent}")
+    folder = tmp_path_factory.mktemp("photos")
+    sources = sorted((CRACKS / "valid" / "images").glob("*.jpg"))[:4] + sorted((JOINTS / "valid").glob("*.jpg"))[:2]
+    for index, source in enumerate(sources):
+        Image.open(source).convert("RGB").resize((320, 320)).save(folder / f"photo{index:02d}.jpg", quality=92)
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "other").mkdir()
+    shutil.copyfile(folder / "photo00.jpg", folder / "other" / "photo00.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def threshold(tiny_model_dir, photo_dir) -> float:
+    from clipseg_drywall.inference import Segmenter
+
+    segmenter = Segmenter.from_pretrained(tiny_model_dir)
+    (result,) = segmenter.iter_segment([photo_dir / "photo00.jpg"], PROMPTS[:1], return_probabilities=True)
+    return float(np.median(result.probabilities[PROMPTS[0]]))
+
+
+def report_argv(photo_dir: Path, model: Path, output: Path, threshold: float, *extra: str) -> list[str]:
+    return [str(photo_dir), str(photo_dir / "other"), "--model", str(model), "--output", str(output),
+            "--threshold", f"{threshold:.6f}", "--mm_per_pixel", "0.05", "--batch_size", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def made(tiny_model_dir, photo_dir, threshold, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("report")
+    assert report.main(report_argv(photo_dir, tiny_model_dir, output, threshold)) == 0
+    return output
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@requires_shared
+def test_findings_match_the_masks_they_name(made, photo_dir):
+    from clipseg_drywall.measurements import count_regions
+
+    rows = read_csv(made / "findings.csv")
+    assert len(rows) == 8 * len(PROMPTS)  # 6 photos, the unreadable one, the clashing stem
+    assert [json.loads(line)["photo"] for line in (made / "findings.jsonl").read_text().splitlines()] == \
+        [row["photo"] for row in rows]
+    measured = [row for row in rows if row["status"] == "ok"]
+    assert len(measured) == 6 * len(PROMPTS)
+    for row in measured:
+        mask = np.asarray(Image.open(made / row["mask"]))
+        assert mask.shape == (320, 320) and set(np.unique(mask)) <= {0, 255}
+        assert float(row["coverage_percent"]) == pytest.approx(100 * (mask > 0).mean(), abs=5e-5)
+        assert int(row["regions"]) == count_regions(mask)
+        assert (made / row["overlay"]).is_file() and (made / "thumbs" / Path(row["overlay"]).name).is_file()
+        assert Path(row["mask"]).name == f"{Path(row['photo']).stem}__{row['prompt'].replace(' ', '-')}.png"
+        crack = row["prompt"] == "segment crack"
+        assert bool(row["length_px"]) == crack and bool(row["severity"]) == (crack and row["regions"] != "0")
+        if crack:
+            assert float(row["max_width_mm"]) == pytest.approx(0.05 * float(row["max_width_px"]), abs=1e-4)
+        assert (row["flagged"] == "yes") == (float(row["coverage_percent"]) > 0.5)
+    coverages = {row["coverage_percent"] for row in measured}
+    assert len(coverages) > 3  # the photos differ: the comparisons above mean something
+    skipped = {Path(row["photo"]).name: row["skip_reason"] for row in rows if row["status"] == "skipped"}
+    assert "not a readable image" in skipped["notes.jpg"]
+    assert "same file name stem" in skipped["photo00.jpg"]
+
+
+class PageChecker(html.parser.HTMLParser):
+    """Collects the page's links and checks that every element it opens is closed, in order."""
+
+    VOID = {"meta", "img", "input", "br", "link", "rect"}
+
+    def __init__(self):
+        super().__init__()
+        self.open: list[str] = []
+        self.links: list[str] = []
+        self.rows = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [value for name, value in attrs if name in ("href", "src")]
+        self.rows += tag == "tr"
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID:
+            assert self.open and self.open.pop() == tag, f"</{tag}> closes {self.open[-1:]}"
+
+
+@requires_shared
+def test_page_parses_and_works_offline(made, threshold):
+    page = (made / "index.html").read_text(encoding="utf-8")
+    checker = PageChecker()
+    checker.feed(page)
+    checker.close()
+    assert checker.open == [] and checker.rows == 2 + 8  # two header rows, one row per photo
+    assert checker.links and all(not link.startswith(("http:", "https:", "//")) for link in checker.links)
+    assert all((made / link).is_file() for link in checker.links)
+    for text in ("segment crack", "segment taping area", f"{float(f'{threshold:.6f}'):g}", "(--threshold)",
+                 "coverage &gt; 0.5% (the default)", "0.05 mm per pixel", "Skipped (2)", "not a readable image",
+                 "hairline &lt; 0.1 mm"):
+        assert text in page, text
+
+
+@requires_shared
+@requires_chromium
+def test_page_sorts_when_a_header_is_clicked(made, chromium, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    chromium.get((made / "index.html").as_uri())
+    table = chromium.find_element(By.ID, "findings")
+
+    def column(index: int) -> list[str]:
+        return [row.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-v")
+                for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+
+    header = table.find_element(By.XPATH, ".//th[text()='coverage %']")  # the first prompt's coverage
+    index = int(header.get_attribute("data-col"))
+    before = column(index)
+    header.click()
+    descending = column(index)
+    header.click()
+    ascending = column(index)
+    numbers = sorted(float(value) for value in before if value)
+    assert [float(v) for v in descending if v] == numbers[::-1] and [float(v) for v in ascending if v] == numbers
+    assert descending != before or before == sorted(before, key=lambda v: -float(v or -1))
+    assert descending[-2:] == ["", ""]  # the skipped photos stay last
+    chromium.find_element(By.ID, "flagged-only").click()
+    shown = [row for row in table.find_elements(By.CSS_SELECTOR, "tbody tr") if row.is_displayed()]
+    assert all(row.get_attribute("data-flagged") == "1" for row in shown)
+    screenshot = tmp_path / "report.png"
+    assert chromium.save_screenshot(str(screenshot))
+    pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=float)
+    assert pixels.std() > 20 and (pixels < 128).mean() > 0.01  # text, bars and thumbnails, not a blank page
+
+
+# --- resume, refusals, bad arguments --------------------------------------------------------------------
+
+
+@requires_shared
+def test_different_arguments_are_refused_and_overwrite_starts_afresh(made, tiny_model_dir, photo_dir, threshold,
+                                                                     tmp_path, capsys):
+    output = tmp_path / "copy"
+    shutil.copytree(made, output)
+    before = (output / "journal.jsonl").read_bytes()
+    code = exit_code(report.main, report_argv(photo_dir, tiny_model_dir, output, threshold + 0.01,
+                                              "--flag", "crack: max_width > 3px"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error:")
+    assert "--threshold" in err and "--flag" in err and "--mm_per_pixel" not in err
+    assert (output / "journal.jsonl").read_bytes() == before
+    assert report.main(report_argv(photo_dir, tiny_model_dir, output, threshold)) == 0  # the same: nothing to do
+    assert (output / "journal.jsonl").read_bytes() == before
+    assert (output / "findings.csv").read_bytes() == (made / "findings.csv").read_bytes()
+    argv = report_argv(photo_dir, tiny_model_dir, output, threshold, "--flag", "crack: max_width > 3px", "--overwrite")
+    assert report.main(argv) == 0
+    assert all(row["flag_reason"] in ("",) or row["flag_reason"].startswith("max_width")
+               for row in read_csv(output / "findings.csv"))
+
+
+def test_a_folder_with_report_files_but_no_run_file_is_refused(tmp_path, capsys, tiny_config_dir, monkeypatch):
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "index.html").write_text("someone else's page")
+    monkeypatch.setattr(report, "load_segmenter", _no_model)
+    code = exit_code(report.main, [str(tmp_path / "photo.png"), "--model", str(tiny_config_dir), "--output", str(output)])
+    assert code == 2 and "holds index.html but no run.json" in capsys.readouterr().err
+    assert (output / "index.html").read_text() == "someone else's page"
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--threshold", "1.5"], "--threshold must be in (0, 1)"),
+    (["--prompt", " "], "--prompt"),
+    (["--mm_per_pixel", "0"], "--mm_per_pixel must be positive"),
+    (["--flag", "crack: width > 1"], "--flag 'crack: width > 1'"),
+    (["--flag", "max_width > 0.3mm"], "give --mm_per_pixel"),
+    (["--severity_bands", "0.3,0.1,0.7"], "positive and increasing"),
+    (["--severity_bands", "0.1,0.3"], "needs 3 widths"),
+    (["--severity_bands", "thin"], "--severity_bands 'thin'"),
+    (["--batch_size", "0"], "--batch_size"),
+    (["--backend", "tensorflow"], "--backend"),
+])
+def test_bad_arguments_are_one_error_line_before_the_model_loads(extra, words, tmp_path, tiny_config_dir, capsys,
+                                                                 monkeypatch):
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    monkeypatch.setattr(report, "load_segmenter", _no_model)
+    code = exit_code(report.main, [str(tmp_path / "photo.png"), "--model", str(tiny_config_dir), "--output",
+                                   str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error:") and words in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_paths_are_one_error_line(tmp_path, tiny_config_dir, capsys, monkeypatch):
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(report, "load_segmenter", _no_model)
+    for argv, words in [
+        ([str(tmp_path / "missing.jpg"), "--model", str(tiny_config_dir)], "nothing to segment"),
+        ([str(tmp_path / "photo.png"), "--model", str(tmp_path / "no-model")], "no such folder"),
+        ([str(tmp_path / "photo.png"), "--model", str(tiny_config_dir), "--output", str(tmp_path / "file")], "is a file"),
+    ]:
+        argv = argv if "--output" in argv else [*argv, "--output", str(tmp_path / "out")]
+        code = exit_code(report.main, argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def run_report(argv: list[str], **options) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clipseg_drywall.report", *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, **options)
+
+
+@pytest.fixture(scope="module")
+def many_photos(photo_dir, tmp_path_factory) -> Path:
+    """24 photos: the 6 real ones under 4 names each."""
+    folder = tmp_path_factory.mktemp("many")
+    for copy in range(4):
+        for index in range(6):
+            shutil.copyfile(photo_dir / f"photo{index:02d}.jpg", folder / f"site{copy}-{index:02d}.jpg")
+    return folder
+
+
+@requires_shared
+@pytest.mark.slow
+def test_killed_and_resumed_gives_the_same_findings(many_photos, tiny_model_dir, threshold, tmp_path):
+    argv = [str(many_photos), "--model", str(tiny_model_dir), "--threshold", f"{threshold:.6f}", "--batch_size", "2"]
+    assert report.main([*argv, "--output", str(tmp_path / "whole")]) == 0
+    killed = tmp_path / "killed"
+    process = run_report([*argv, "--output", str(killed)])
+    journal = killed / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if journal.is_file() and journal.read_bytes().count(b"\n") >= 5:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait(30)
+    lines = journal.read_bytes().count(b"\n")
+    assert process.returncode == -signal.SIGKILL and 5 <= lines < 24, process.stderr.read()[-2000:]
+    assert not (killed / "findings.csv").exists()
+    with open(journal, "ab") as handle:  # a line cut short as a kill mid-write leaves it
+        handle.write(b'{"photo": "half a li')
+    resumed = run_report([*argv, "--output", str(killed)])
+    assert resumed.wait(120) == 0, resumed.stderr.read()[-2000:]
+    assert (killed / "findings.csv").read_bytes() == (tmp_path / "whole" / "findings.csv").read_bytes()
+    assert journal.read_bytes().count(b"\n") == 24
+
+
+# --- ONNX -----------------------------------------------------------------------------------------------
+
+
+@requires_shared
+def test_onnx_backend_gives_the_same_findings(made, tiny_model_dir, photo_dir, threshold, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    pytest.importorskip("onnx", reason="the exporter needs onnx ([test] extra)")
+    from clipseg_drywall import export
+
+    exported = export.export(tiny_model_dir, tmp_path / "onnx")
+    output = tmp_path / "report-onnx"
+    assert report.main(report_argv(photo_dir, exported, output, threshold, "--backend", "onnx")) == 0
+    torch_rows, onnx_rows = read_csv(made / "findings.csv"), read_csv(output / "findings.csv")
+    assert [(r["photo"], r["prompt"], r["status"]) for r in onnx_rows] == \
+        [(r["photo"], r["prompt"], r["status"]) for r in torch_rows]
+    for ours, theirs in zip(torch_rows, onnx_rows):
+        if ours["status"] != "ok":
+            continue
+        # the export promises >= 99.9 % of pixels agree (README "Deploy"), so coverage moves by at most 0.1 %
+        a, b = (np.asarray(Image.open(folder / row["mask"])) for folder, row in ((made, ours), (output, theirs)))
+        assert (a == b).mean() >= 0.999
+        assert abs(float(ours["coverage_percent"]) - float(theirs["coverage_percent"])) <= 0.1
+        if abs(float(ours["coverage_percent"]) - 0.5) > 0.1:
+            assert ours["flagged"] == theirs["flagged"]
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+
+PEAK_RSS = """
+import resource, sys
+from clipseg_drywall.report import main
+code = main(sys.argv[1:])
+print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+@requires_shared
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_number_of_photos(tiny_model_dir, tmp_path):
+    """A 500-photo run's peak RSS within 20 % of a 50-photo run's (small noisy photos, so the run is quick)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(500):
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(folder / f"p{index:03d}.png")
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(folder.iterdir())[:50]:
+        os.link(path, few / path.name)
+    peaks = {}
+    for name, photos in (("50", few), ("500", folder)):
+        completed = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(photos), "--model", str(tiny_model_dir), "--output",
+             str(tmp_path / f"report-{name}"), "--threshold", "0.5"],
+            cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        peaks[name] = int(completed.stdout.split("peak_rss_kib")[-1])
+    print(f"peak RSS: 50 photos {peaks['50'] / 1024:.0f} MiB, 500 photos {peaks['500'] / 1024:.0f} MiB")
+    assert peaks["500"] <= 1.2 * peaks["50"], peaks

@@ -1,24 +1,12 @@
 """Packaging of clipseg-drywall. Tool settings (pytest, ruff) and the build system are in pyproject.toml."""
 
 import re
-import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
-from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "clipseg_drywall" / "__init__.py").read_text(), re.M).group(1)
-
-
-class BuildWithCardTemplate(build_py):
-    """Ships the top-level model_card.md (the file people edit) inside the package as a real file."""
-
-    def run(self):
-        super().run()
-        target = Path(self.build_lib) / "clipseg_drywall" / "templates"
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(HERE / "model_card.md", target / "model_card.md")
 
 
 DATA = ["datasets>=4.0", "lxml"]
@@ -39,7 +27,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["clipseg_drywall", "clipseg_drywall.*", "data_builders", "data_builders.*"]),
-    cmdclass={"build_py": BuildWithCardTemplate},
+    # the model card template is package data: found by importlib.resources alike from a checkout and a wheel
+    # (the top-level model_card.md is a link to it, where people look for it)
+    package_data={"clipseg_drywall": ["templates/model_card.md"]},
     # inference (Segmenter, predict, publish) needs only these
     install_requires=[
         "torch>=2.1",

@@ -37,6 +37,7 @@ from .cli import ArgumentParser, check_model_source, require_extra, user_errors
 from .images import ImageLoadError, load_image
 from .outputs import claim_stem, mask_file_name, prompt_slugs
 from .prompts import CANONICAL_PROMPTS, all_prompts
+from .segmenter import check_threshold
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -294,8 +295,8 @@ def load_segmenter(model: str | None, threshold: float | None = None, device: st
     if not model:
         raise ValueError(f"no model: pass --model PATH_OR_HUB_ID or set {MODEL_ENV}")
     check_model_source(model, source)
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
+    if threshold is not None:
+        check_threshold(threshold)
     return backends.load_segmenter(model, "torch", threshold=threshold, device=device)
 
 

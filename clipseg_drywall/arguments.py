@@ -1,4 +1,4 @@
-"""Every argument of the package's jobs, and the dataset loading they share.
+"""Every argument of the package's jobs, declared: nothing here loads data or models (`data` does).
 
 Model / Data / Training arguments are what `train.py` reads, `EvaluationArguments` what
 `evaluate.py` reads; `parse_arguments` reads any of them with `HfArgumentParser`, from the command
@@ -17,9 +17,8 @@ from typing import Any
 from transformers import HfArgumentParser, TrainingArguments
 
 from .backends import BACKENDS
-from .modeling import DEFAULT_THRESHOLD  # noqa: F401  (re-exported: the one default)
-
-DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+from .modeling import DEFAULT_BASE_MODEL
+from .segmenter import check_threshold
 
 
 @dataclass
@@ -39,38 +38,9 @@ class DatasetArguments:
         return self.dataset_path or self.dataset_name
 
 
-def load_dataset_dict(args: DatasetArguments):
-    """The `DatasetDict` of `--dataset_path` (`load_from_disk`) or `--dataset_name` (`load_dataset`)."""
-    import datasets
-
-    if args.dataset_path:
-        if not (Path(args.dataset_path) / "dataset_dict.json").is_file():
-            raise FileNotFoundError(f"--dataset_path {args.dataset_path}: no saved DatasetDict there; build one with "
-                                    f"`python -m data_builders build ... --output {args.dataset_path}`")
-        dataset = datasets.load_from_disk(args.dataset_path)
-    else:
-        dataset = datasets.load_dataset(args.dataset_name, args.dataset_config)
-    if not isinstance(dataset, datasets.DatasetDict):
-        raise ValueError(f"{args.dataset_source} holds one split, not a DatasetDict: build it with "
-                         "`python -m data_builders build ...`")
-    return dataset
-
-
-def select_split(dataset, split: str, source: str, max_samples: int | None = None, shuffle_seed: int | None = None):
-    """`dataset[split]`, optionally the first `max_samples` rows (after a seeded shuffle)."""
-    if split not in dataset:
-        raise ValueError(f"{source} has no split {split!r} (it has {list(dataset)}); pass another split.")
-    rows = dataset[split]
-    if max_samples is not None:
-        if shuffle_seed is not None:
-            rows = rows.shuffle(seed=shuffle_seed)
-        rows = rows.select(range(min(max_samples, len(rows))))
-    return rows
-
-
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata={"help": "Pretrained CLIPSeg (Hub id or directory)."})
+    model_name_or_path: str = field(default=DEFAULT_BASE_MODEL, metadata={"help": "Pretrained CLIPSeg (Hub id or directory)."})
     config_name: str | None = field(default=None, metadata={"help": "Config (Hub id or directory) to start from random weights."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Where the processor (tokenizer + image processor) files are; defaults to model_name_or_path."})
     config_overrides: str | None = field(default=None, metadata={"help": "With --config_name: config values to change, as in transformers' run_clm, "
@@ -109,19 +79,6 @@ class DataArguments(DatasetArguments):
         return Path.home() / ".cache" / "clipseg_drywall" / "features"
 
 
-def load_train_eval_splits(args: DataArguments):
-    """(train rows, eval rows or None); `max_*_samples` take a seeded random subset."""
-    dataset = load_dataset_dict(args)
-    if args.train_split not in dataset:
-        raise ValueError(f"{args.dataset_source} has no split {args.train_split!r}; "
-                         "build it with `python -m data_builders build ...` or pass --train_split.")
-    train = select_split(dataset, args.train_split, args.dataset_source, args.max_train_samples, shuffle_seed=0)
-    evaluation = None
-    if args.eval_split in dataset:
-        evaluation = select_split(dataset, args.eval_split, args.dataset_source, args.max_eval_samples, shuffle_seed=0)
-    return train, evaluation
-
-
 @dataclass
 class CLIPSegTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the CLIPSeg knobs. `learning_rate` is unused: see the two rates below."""
@@ -136,12 +93,32 @@ class CLIPSegTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="mean_iou", metadata={"help": "Mean over tasks of eval IoU."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the collator reads image, mask, prompt and task."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep the checkpoint-* folders (optimizer state, for --resume_from_checkpoint) once training has finished; by default only the final model stays."})
+    lora_rank: int | None = field(default=None, metadata={"help": "Train LoRA adapters of this rank (peft) in the CLIP towers "
+                                  "instead of their weights: the attention and MLP projections of the vision layers up to the deepest in "
+                                  "extract_layers and of every text layer (clipseg_drywall/adapters.py); the decoder trains in full, the "
+                                  "adapters at --encoder_learning_rate. The saved model has them merged (a plain checkpoint)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling: an adapter adds lora_alpha / lora_rank x B A x."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("--remove_unused_columns must be false: CLIPSegCollator needs the raw rows "
                              "(image, mask, prompt, task), none of which the model's forward names")
+        self.check_lora()
+        checkpointing = self.gradient_checkpointing_kwargs
+        if isinstance(checkpointing, dict) and checkpointing.get("use_reentrant"):
+            raise ValueError("--gradient_checkpointing_kwargs use_reentrant=true loses the gradients of every checkpointed "
+                             "layer whose input needs none (frozen pixels and embeddings): leave it out (non-reentrant)")
+
+    def check_lora(self) -> None:
+        if self.lora_rank is None:
+            return
+        if self.lora_rank < 1:
+            raise ValueError(f"--lora_rank must be a positive rank (e.g. 8), got {self.lora_rank}; leave it out for no adapters")
+        if self.freeze_encoder or self.encoder_learning_rate == 0:
+            raise ValueError("--lora_rank trains adapters inside the CLIP encoders, which --freeze_encoder (or "
+                             "--encoder_learning_rate 0) freezes: drop one of the two")
 
 
 @dataclass
@@ -178,8 +155,8 @@ class EvaluationArguments(DatasetArguments):
         super().__post_init__()
         if not self.model_path or not self.output_dir:
             raise ValueError("Pass --model_path (a checkpoint directory or Hub id) and --output_dir.")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"--threshold must be in (0, 1), got {self.threshold}")
+        if self.threshold is not None:
+            check_threshold(self.threshold)
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.bootstrap_resamples < 1000:

@@ -37,7 +37,7 @@ from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from . import __version__
 from .cli import ArgumentParser, check_model_source, require_extra, user_errors
-from .modeling import decode, text_embeddings, threshold_of, vision_activations
+from .modeling import decode, text_embeddings, vision_activations
 from .onnx_inference import (
     CONDITIONAL_INPUT,
     CONFIG_FILE,
@@ -56,6 +56,7 @@ from .onnx_inference import (
 )
 from .outputs import check_writable_folder
 from .prompts import all_prompts
+from .segmenter import threshold_of
 
 QUANTIZATIONS = ("int8",)
 

@@ -6,7 +6,7 @@ So a batch of images gets one vision pass, each prompt's embedding is computed o
 and the decoder runs on every (image, prompt) pair of the batch in one call.
 
 Numerics are those of the stock `CLIPSegForImageSegmentation.forward` (same functions as
-`modeling.py`); logits are upsampled to the image's size *before* the sigmoid and threshold.
+`modeling.py`); logits are upsampled (`upsampling.py`) to the image's size *before* the sigmoid and threshold.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from .backends import SPEED_OPTIONS, BatchedSegmenter
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
-from .modeling import decode, native_probabilities, text_embeddings, threshold_of, vision_activations
-from .outputs import Segmentation, mask_file_name, prompt_slug  # noqa: F401  (part of this API)
+from .modeling import decode, text_embeddings, vision_activations
+from .outputs import mask_file_name, prompt_slug  # noqa: F401  (part of this API)
 from .prompts import tokenize_prompts
+from .segmenter import SPEED_OPTIONS, BatchedSegmenter, Segmentation, threshold_of
+from .upsampling import native_probabilities
 
 
 def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[str] = ()) -> CLIPSegForImageSegmentation:
@@ -101,19 +102,14 @@ class Segmenter(BatchedSegmenter):
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(P, projection_dim) conditional embeddings; each prompt is encoded once per Segmenter.
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Tokenized on its own (no padding), exactly as the stock per-pair call does."""
+        limit = self.model.config.text_config.max_position_embeddings
+        tokens = tokenize_prompts(self.processor.tokenizer, [prompt], limit, return_tensors="pt").to(self.device)
+        return text_embeddings(self.model, tokens["input_ids"], tokens["attention_mask"])[0]
 
-        Each new prompt is tokenized on its own (no padding), exactly as the stock per-pair call does.
-        """
-        for prompt in prompts:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"empty prompt {prompt!r}: pass a text such as 'segment crack'")
-            if prompt not in self._embeddings:
-                limit = self.model.config.text_config.max_position_embeddings
-                tokens = tokenize_prompts(self.processor.tokenizer, [prompt], limit, return_tensors="pt").to(self.device)
-                self._embeddings[prompt] = text_embeddings(self.model, tokens["input_ids"], tokens["attention_mask"])[0]
-        return torch.stack([self._embeddings[p] for p in prompts])
+    def _stack(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(embeddings)
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:

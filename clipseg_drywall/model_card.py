@@ -2,10 +2,11 @@
 
 Everything on the card is read from the model directory, so the card can be re-rendered after
 training, after evaluation and before publishing without carrying state around:
-- `config.json`: the decision threshold;
-- `evaluation/metrics.json` (written by `evaluate.py`): metrics, footprint, the figure;
+- `config.json`: the decision threshold, and `evaluation/threshold.json`: which evaluation calibrated it;
+- `evaluation/<layout>_<split>.json` (written by `evaluate.py --update_model`): metrics, footprint, the figure;
 - `train_results.json`, `trainer_state.json` (Trainer) and, when present, `training_args.json`
-  (`TrainingArguments.to_dict()`): hyperparameters and training time.
+  (`TrainingArguments.to_dict()`, plus the base model's Hub id as train.py resolved it): hyperparameters
+  and training time.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import CLIPSegConfig
 
-from .modeling import threshold_of
+from .modeling import DEFAULT_BASE_MODEL
 from .prompts import CANONICAL_PROMPTS, PROMPTS
+from .segmenter import threshold_of
 
 DEFAULT_REPO_ID = "org/clipseg-drywall"
-DEFAULT_BASE_MODEL = "CIDAS/clipseg-rd64-refined"
 CARD_FILE = "README.md"
 TEMPLATE_FILE = "model_card.md"
 EVALUATION_DIR = "evaluation"  # evaluate.py stores <layout>_<split>.json (+ .png) here
+THRESHOLD_RECORD = "threshold.json"  # in EVALUATION_DIR: the threshold evaluate.py wrote into config.json, and how
+BASE_MODEL_KEY = "base_model_hub_id"  # in training_args.json: the base's Hub id (None: random or local weights)
+DEFAULT_THRESHOLD_SOURCE = "the default: `evaluate.py --update_model` stores a calibrated one"
+# what a Hub model id looks like: `name` or `org/name`, never `./`, `../` or a deeper path
+_HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 HYPERPARAMETERS = (
     "model_name_or_path", "config_name", "image_size", "encoder_learning_rate", "decoder_learning_rate",
     "freeze_encoder", "per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "max_steps",
@@ -35,16 +41,12 @@ HYPERPARAMETERS = (
 
 
 def template_path() -> Path:
-    """The card template: the copy of the repo's `model_card.md` that setup.py ships in the package
-    (`clipseg_drywall/templates/`), or, in a source checkout (editable install), that file itself."""
-    shipped = Path(str(resources.files("clipseg_drywall") / "templates" / TEMPLATE_FILE))
-    if shipped.is_file():
-        return shipped
-    in_checkout = Path(__file__).resolve().parents[1] / TEMPLATE_FILE
-    if in_checkout.is_file():
-        return in_checkout
-    raise FileNotFoundError(f"{TEMPLATE_FILE} is neither in the package ({shipped}) nor in a source checkout "
-                            f"({in_checkout}); reinstall the package")
+    """The card template, package data (`clipseg_drywall/templates/model_card.md`; the repo's top-level
+    `model_card.md` links to it), found the same way from a checkout and from a wheel."""
+    path = Path(str(resources.files("clipseg_drywall") / "templates" / TEMPLATE_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the model card template is missing from the package; reinstall it")
+    return path
 
 
 def _read_json(path: Path) -> dict | None:
@@ -58,6 +60,7 @@ def training_summary(model_dir: Path) -> dict[str, object]:
     summary.update({k: arguments[k] for k in HYPERPARAMETERS if arguments.get(k) not in (None, "", [])})
     if "model_name_or_path" in summary:  # never a local path on the card
         summary["model_name_or_path"] = base_model_of(model_dir)[1]
+    summary.update(what_trained(arguments))
     state = _read_json(model_dir / "trainer_state.json") or {}
     if "global_step" in state:
         summary["optimizer steps"] = state["global_step"]
@@ -74,6 +77,19 @@ def training_summary(model_dir: Path) -> dict[str, object]:
     return summary
 
 
+def what_trained(arguments: dict) -> dict[str, str]:
+    """The LoRA adapters (rank, targets; merged into the saved weights) and trainable versus total parameters."""
+    lines = {}
+    if arguments.get("lora_rank"):
+        lines["LoRA"] = (f"rank {arguments['lora_rank']}, alpha {arguments.get('lora_alpha')}, dropout "
+                         f"{arguments.get('lora_dropout')} on {arguments.get('lora_targets', 'the CLIP towers')}; "
+                         "the decoder trained in full; adapters merged into the saved weights")
+    if arguments.get("trainable_parameters") and arguments.get("total_parameters"):
+        trainable, total = arguments["trainable_parameters"], arguments["total_parameters"]
+        lines["trainable parameters"] = f"{trainable:,} of {total:,} ({trainable / total:.1%})"
+    return lines
+
+
 _HUB_CACHE_DIR = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
 
 
@@ -86,7 +102,7 @@ def hub_id_of(name_or_path: str | None) -> str | None:
     if not name_or_path:
         return None
     if not Path(name_or_path).exists():
-        return name_or_path
+        return name_or_path if _HUB_ID.match(name_or_path) and not name_or_path.startswith(".") else None
     match = _HUB_CACHE_DIR.search(str(Path(name_or_path).resolve()) + "/")
     return f"{match.group(1)}/{match.group(2)}" if match else None
 
@@ -102,7 +118,8 @@ def base_model_of(model_dir: Path) -> tuple[str | None, str | None]:
     start = arguments.get("model_name_or_path")
     if not start:
         return None, None
-    hub_id = hub_id_of(start)
+    # train.py records the Hub id where the path resolved; a relative local path need not resolve from here
+    hub_id = arguments[BASE_MODEL_KEY] if BASE_MODEL_KEY in arguments else hub_id_of(start)
     return hub_id, hub_id or f"a local checkpoint ({Path(start).name})"
 
 
@@ -115,13 +132,26 @@ def dataset_id_of(model_dir: Path) -> str | None:
 def evaluations(model_dir: Path) -> list[dict]:
     """Every evaluation stored by evaluate.py in `<model>/evaluation/`, honest (source-disjoint) first."""
     folder = model_dir / EVALUATION_DIR
-    found = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    paths = sorted(p for p in folder.glob("*.json") if p.name != THRESHOLD_RECORD) if folder.is_dir() else []
+    found = [json.loads(path.read_text()) for path in paths]
     for metrics in found:
         leaked = metrics["dataset"].get("leaked_images")
         metrics["leak_known"] = leaked is not None
         metrics["leaky"] = bool(leaked) and any(leaked.values())
         metrics["honest"] = metrics["leak_known"] and not metrics["leaky"] and not metrics.get("threshold_tuned_on_scored_split")
     return sorted(found, key=lambda m: (not m["honest"], m["dataset"]["split"] != "test"))
+
+
+def threshold_source(model_dir: Path, threshold: float) -> str:
+    """How the config's threshold was set: the evaluation that calibrated and wrote it (its record
+    in `evaluation/threshold.json`), else set at training or by hand, else the default."""
+    record = _read_json(model_dir / EVALUATION_DIR / THRESHOLD_RECORD)
+    if record is not None and abs(float(record["threshold"]) - threshold) < 1e-9:
+        return f"{record['source']} (evaluation {record['evaluation']})"
+    config = _read_json(model_dir / "config.json") or {}
+    if config.get("segmentation_threshold") is not None:
+        return "set in config.json at training (`--segmentation_threshold`) or by hand, not calibrated by evaluate.py"
+    return DEFAULT_THRESHOLD_SOURCE
 
 
 def eval_results(metrics: dict, dataset_id: str | None) -> list[EvalResult]:
@@ -154,6 +184,7 @@ def render_model_card(
         dataset_id = dataset_id_of(model_dir)
     stored = evaluations(model_dir)
     indexed = [m for m in stored if m["honest"]] or stored
+    threshold = threshold_of(CLIPSegConfig.from_pretrained(model_dir))
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         base_model=base_model,
@@ -173,8 +204,8 @@ def render_model_card(
         dataset_id=dataset_id,
         base_model=base_model,
         base_description=base_description,
-        threshold=threshold_of(CLIPSegConfig.from_pretrained(model_dir)),
-        threshold_source=stored[0]["threshold_source"] if stored else "the default: `evaluate.py --update_model` stores a calibrated one",
+        threshold=threshold,
+        threshold_source=threshold_source(model_dir, threshold),
         prompts=PROMPTS,
         canonical=CANONICAL_PROMPTS,
         evaluations=stored,

@@ -16,7 +16,9 @@ from torch import nn
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 from transformers.models.clipseg.modeling_clipseg import CLIPSegImageSegmentationOutput
 
-from .backends import DEFAULT_THRESHOLD  # noqa: F401  (re-exported: the one default)
+from .losses import segmentation_loss
+
+DEFAULT_BASE_MODEL = "CIDAS/clipseg-rd64-refined"  # the checkpoint fine-tuning starts from by default
 
 
 def vision_activations(
@@ -155,11 +157,14 @@ def _gradient_forward(
     labels: torch.Tensor | None = None,
     return_dict: bool | None = None,
     interpolate_pos_encoding: bool = True,
+    num_items_in_batch: torch.Tensor | int | None = None,
     **kwargs,
 ) -> CLIPSegImageSegmentationOutput | tuple:
     """The stock forward's contract with gradients through the encoders (see `use_gradient_forward`).
 
-    `labels` (B, H, W) in {0, 1} (padded with -100) give `loss`, BCE at native resolution.
+    `labels` (B, H, W) in {0, 1} (padded with -100) give `loss`: the training loss itself
+    (`losses.segmentation_loss` with the loss options of `use_gradient_forward`), normalised by
+    `num_items_in_batch` when given (the Trainer passes it), else by this batch's labelled pixels.
     """
     unsupported = sorted(k for k, v in kwargs.items() if not (k in _ACCEPTED_FALSE and not v))
     if unsupported:
@@ -176,15 +181,23 @@ def _gradient_forward(
                                      train_encoder=encoder_is_trainable(self))
     loss = None
     if labels is not None:
-        from .losses import segmentation_loss  # losses imports this module
-
-        loss = segmentation_loss(logits, labels)
+        loss = segmentation_loss(logits, labels, num_items_in_batch, **loss_options(self))
     if return_dict is False:
         return (logits,) if loss is None else (loss, logits)
     return CLIPSegImageSegmentationOutput(loss=loss, logits=logits)
 
 
-def use_gradient_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImageSegmentation:
+LOSS_OPTIONS = "_clipseg_drywall_loss_options"  # instance attribute: the loss weights `labels` are scored with
+
+
+def loss_options(model: CLIPSegForImageSegmentation) -> dict:
+    """`dice_weight` and `pos_weight` of the loss this model's gradient forward computes."""
+    return dict(getattr(model, LOSS_OPTIONS, {"dice_weight": 0.0, "pos_weight": None}))
+
+
+def use_gradient_forward(
+    model: CLIPSegForImageSegmentation, dice_weight: float = 0.0, pos_weight: float | None = None
+) -> CLIPSegForImageSegmentation:
     """Make this instance's `forward` the gradient path (`segmentation_logits`), in place.
 
     Wrappers such as DDP only synchronise gradients of a forward they call themselves, so the
@@ -192,9 +205,11 @@ def use_gradient_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImageS
     every saved checkpoint, stays a plain `CLIPSegForImageSegmentation`. Encoder gradients
     follow `requires_grad` (see `set_encoder_trainable`). Given `activations` (cached features,
     see `feature_cache.py`) and `conditional_embeddings`, only the decoder runs.
-    `restore_stock_forward` undoes it.
+    `restore_stock_forward` undoes it. `dice_weight` and `pos_weight` are the loss that `labels` give,
+    so `model(labels=...).loss` is the loss the Trainer optimises.
     """
     make_transposed_convolution_contiguous(model)
+    setattr(model, LOSS_OPTIONS, {"dice_weight": float(dice_weight), "pos_weight": pos_weight})
     model.forward = types.MethodType(_gradient_forward, model)
     return model
 
@@ -203,33 +218,7 @@ def restore_stock_forward(model: CLIPSegForImageSegmentation) -> CLIPSegForImage
     """Undo `use_gradient_forward` and `set_encoder_trainable`: the class's own forward, every
     parameter trainable again (the contiguity pre-hook stays: it changes no value)."""
     model.__dict__.pop("forward", None)
+    model.__dict__.pop(LOSS_OPTIONS, None)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model
-
-
-# ---- native resolution: the one place logits become probabilities ----
-
-
-def threshold_of(config) -> float:
-    """The decision threshold saved in a model config (`evaluate.py --update_model` stores the calibrated one), 0.5 if absent."""
-    value = getattr(config, "segmentation_threshold", None)
-    return DEFAULT_THRESHOLD if value is None else float(value)
-
-
-def upsample_logits(logits: torch.Tensor, height_width: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of decoder logits (B, h, w) to `height_width` = (height, width)."""
-    if tuple(logits.shape[-2:]) == tuple(height_width):
-        return logits
-    return nn.functional.interpolate(
-        logits.unsqueeze(1), size=tuple(height_width), mode="bilinear", align_corners=False
-    ).squeeze(1)
-
-
-def native_probabilities(logits: torch.Tensor, height_width: tuple[int, int]) -> torch.Tensor:
-    """Probabilities (P, height, width) of one image's decoder logits (P, h, w) at its native size.
-
-    Logits are upsampled in float32 *before* the sigmoid and the threshold, as the loss sees them.
-    Every score and every written mask of the package starts here.
-    """
-    return upsample_logits(logits.float(), height_width).sigmoid()

@@ -5,7 +5,7 @@ one image-encoder pass per batch of photos for every prompt, each prompt's embed
 once (the 16 vocabulary prompts come precomputed), and only the small decoder run per
 (image, prompt) pair. Preprocessing (resize, rescale, normalise) and the upsampling of logits to
 each photo's size before the sigmoid are re-implemented here in numpy/Pillow, to the numerics of
-`CLIPSegProcessor` and `modeling.native_probabilities` (tests/test_onnx.py checks both).
+`CLIPSegProcessor` and `upsampling.native_probabilities` (tests/test_onnx.py checks both).
 
 Only onnxruntime, numpy, Pillow, tokenizers and the package's torch-free modules are imported,
 so `pip install --no-deps clipseg-drywall onnxruntime numpy pillow tokenizers` is enough.
@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import DEFAULT_THRESHOLD, BatchedSegmenter
 from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
-from .outputs import Segmentation
 from .prompts import warn_truncated
+from .segmenter import BatchedSegmenter, Segmentation, threshold_of
 
 # ---- the export format: written by export.py, read here (export.py imports these) ----
 
@@ -121,7 +120,7 @@ def _linear_indices(source: int, target: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def upsample_logits(logits: np.ndarray, height_width: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of logits (P, h, w) to (P, height, width), as `modeling.upsample_logits`
+    """Bilinear resize of logits (P, h, w) to (P, height, width), as `upsampling.upsample_logits`
     (no antialiasing: Pillow's resize would average over a wider window when shrinking)."""
     height, width = height_width
     if logits.shape[-2:] == (height, width):
@@ -264,8 +263,7 @@ class OnnxSegmenter(BatchedSegmenter):
         self.preprocessing = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
                                               for k, v in self.config["preprocessing"].items()})
         self.extract_layers = list(self.config["extract_layers"])
-        saved = self.config.get("segmentation_threshold")
-        self.threshold = float(DEFAULT_THRESHOLD if saved is None else saved) if threshold is None else float(threshold)
+        self.threshold = threshold_of(self.config) if threshold is None else float(threshold)
         self.batch_size = batch_size
 
     @classmethod
@@ -300,14 +298,8 @@ class OnnxSegmenter(BatchedSegmenter):
                  "attention_mask": np.asarray([encoding.attention_mask], dtype=np.int64)}
         return self._sessions["text_encoder"].run(None, feeds)[0][0]
 
-    def prompt_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
-        """(P, projection_dim) conditional embeddings; each prompt is encoded once per segmenter."""
-        for prompt in prompts:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"empty prompt {prompt!r}: pass a text such as 'segment crack'")
-            if prompt not in self._embeddings:
-                self._embeddings[prompt] = self._encode_prompt(prompt)
-        return np.stack([self._embeddings[p] for p in prompts])
+    def _stack(self, embeddings: list[np.ndarray]) -> np.ndarray:
+        return np.stack(embeddings)
 
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         """Decoder logits (B, P, h, w) at the export's resolution: one image-encoder pass for the B images."""

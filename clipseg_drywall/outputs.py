@@ -26,25 +26,16 @@ import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .segmenter import check_prompt
+
 MAX_SLUG_CHARS = 80
 INDEX_FILE = "index.csv"
 INDEX_COLUMNS = ("image", "prompt", "mask", "overlay")
-
-
-@dataclass
-class Segmentation:
-    """Native-size results of one image, from any backend: `masks[prompt]` (uint8 {0,255}, (height, width))
-    and, when asked for, `probabilities[prompt]` (float32)."""
-
-    size: tuple[int, int]  # (width, height), PIL order
-    masks: dict[str, np.ndarray]
-    probabilities: dict[str, np.ndarray] | None = None
 
 
 def prompt_hash(prompt: str) -> str:
@@ -53,9 +44,7 @@ def prompt_hash(prompt: str) -> str:
 
 def prompt_slug(prompt: str) -> str:
     """File-name form of one prompt: "segment joint/tape" -> "segment-joint-tape" (see the module doc)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"empty prompt {prompt!r}: pass a text such as 'segment crack'")
-    text = unicodedata.normalize("NFKC", prompt).casefold()
+    text = unicodedata.normalize("NFKC", check_prompt(prompt)).casefold()
     slug = re.sub(r"[\W_]+", "-", text).strip("-")[:MAX_SLUG_CHARS].strip("-")
     return slug or f"prompt-{prompt_hash(prompt)}"
 
@@ -82,7 +71,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -90,7 +79,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (the permission bits a plain file write would leave out)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -131,7 +121,8 @@ def update_index(folder: Path, rows: Sequence[dict[str, str]]) -> Path:
 
 def avoid_taken_names(slugs: dict[str, str], taken: dict[str, dict[str, str]]) -> dict[str, str]:
     """`slugs` with `-<hash>` added to a prompt whose file names the folder's index gives to another prompt."""
-    taken_slugs = {name.removesuffix(".png").split("__", 1)[-1]: row["prompt"] for name, row in taken.items()}
+    # the slug follows the last `__`: a stem may contain `__` (IMG__001.jpg), a slug never does
+    taken_slugs = {name.removesuffix(".png").rsplit("__", 1)[-1]: row["prompt"] for name, row in taken.items()}
     return {p: f"{s}-{prompt_hash(p)}" if taken_slugs.get(s, p) != p else s for p, s in slugs.items()}
 
 

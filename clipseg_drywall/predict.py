@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .backends import BACKENDS, SPEED_OPTIONS, BatchedSegmenter, load_segmenter
+from .backends import BACKENDS, load_segmenter
 from .cli import ArgumentParser, check_model_source, user_errors
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from .outputs import (
@@ -38,6 +38,7 @@ from .outputs import (
     save_mask,
     update_index,
 )
+from .segmenter import SPEED_OPTIONS, BatchedSegmenter, check_prompt, check_threshold
 
 OVERLAY_COLOUR = (255, 0, 0)
 OVERLAY_ALPHA = 0.5
@@ -160,10 +161,9 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
 def check_call(args: argparse.Namespace) -> None:
     """Every check that needs no model, so that a mistake stops the call before the model loads."""
     for prompt in args.prompt:
-        if not prompt.strip():
-            raise ValueError(f"--prompt {prompt!r} is empty: give a text such as 'segment crack'")
-    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
-        raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
+        check_prompt(prompt, "--prompt")
+    if args.threshold is not None:
+        check_threshold(args.threshold)
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
     files, failures = image_files(args.inputs)

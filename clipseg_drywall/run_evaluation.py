@@ -10,7 +10,7 @@ The protocol keeps the numbers honest:
   robustness), and each image under the other task's canonical prompt (prompt fidelity);
 - the dataset's own leakage check (stats.json of the build) says whether the scored split shares
   source photos with train.
-Every number comes from `evaluation` (the package's one scoring path) at native resolution: one
+Every number comes from `scoring` (the package's one scoring path) at native resolution: one
 vision pass per image for all prompts, each mask scored once at every threshold.
 """
 
@@ -30,35 +30,34 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPSegConfig
 
-from .arguments import EvaluationArguments, load_dataset_dict, parse_arguments, select_split
+from .arguments import EvaluationArguments, parse_arguments
 from .backends import load_segmenter
 from .cli import check_model_source, user_errors
-from .evaluation import (
-    SWEEP,
-    ImageStatistics,
-    best_threshold,
-    bootstrap_intervals,
-    image_statistics,
-    sweep,
-    task_scores,
-    thresholds_with,
-)
+from .data import LAYOUT_KEY, OFFICIAL_LAYOUT, leaked_images, load_dataset_dict, read_build_stats, select_split
 from .figures import Case, case_grid
 from .footprint import footprint, model_files_dir
 from .images import load_image
-from .inference import Segmenter
-from .metrics import dice, iou, scores_from_counts
-from .modeling import native_probabilities
+from .model_card import EVALUATION_DIR, THRESHOLD_RECORD, write_model_card
 from .outputs import atomic_path, check_writable_folder, mask_file_name, save_mask
 from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
+from .scoring import (
+    SWEEP,
+    ImageStatistics,
+    best_threshold,
+    image_statistics,
+    per_image_scores,
+    sweep,
+    task_summary,
+    thresholds_with,
+)
+from .segmenter import BatchedSegmenter
+from .upsampling import native_probabilities
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 PER_IMAGE_FILE = "per_image.csv"
 FIGURE_FILE = "best_worst.png"
-MODEL_EVALUATION_DIR = "evaluation"  # inside the model dir: what the card shows and publish uploads
-SWEEP_SET = set(SWEEP)
 
 
 @dataclass
@@ -83,7 +82,7 @@ def _unique_name(image_id: str, seen: set[str], index: int) -> str:
     return name
 
 
-def segment_and_score(segmenter: Segmenter, split, batch_size: int, thresholds: Sequence[float],
+def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thresholds: Sequence[float],
                       robustness: bool, desc: str) -> ScoredSplit:
     """Segment every image under every prompt needed (one vision pass) and score each pair at once."""
     canonical = [canonical_prompt(t) for t in TASKS]
@@ -132,15 +131,10 @@ def write_masks(scored: ScoredSplit, threshold: float, masks_dir: Path) -> None:
 
 def per_image_records(scored: ScoredSplit, threshold: float) -> list[dict]:
     """Per image under its own task's canonical prompt: IoU, Dice, predicted and true foreground fractions."""
-    statistics = scored.statistics
-    column = statistics.column(threshold)
-    own = statistics.select(~statistics.negative)
-    intersection, predicted, target = own.intersection[:, column], own.predicted[:, column], own.target
-    ious, dices = iou(intersection, predicted, target), dice(intersection, predicted, target)
+    scores = per_image_scores(scored.statistics, threshold)
     return [
-        {"image_id": name, "task": task, "prompt": canonical_prompt(task), "iou": float(ious[i]),
-         "dice": float(dices[i]), "predicted_fraction": float(predicted[i] / own.pixels[i]),
-         "true_fraction": float(target[i] / own.pixels[i]), "index": i}
+        {"image_id": name, "task": task, "prompt": canonical_prompt(task),
+         **{key: float(values[i]) for key, values in scores.items()}, "index": i}
         for i, (name, task) in enumerate(zip(scored.names, scored.tasks))
     ]
 
@@ -153,34 +147,11 @@ def write_per_image_csv(records: list[dict], path: Path) -> None:
         writer.writerows(records)
 
 
-def summary_blocks(statistics: ImageStatistics, threshold: float, resamples: int) -> tuple[dict, dict]:
-    """(tasks block with 95% intervals, prompt_fidelity block) of metrics.json."""
-    column = statistics.column(threshold)
-    scores = task_scores(statistics, threshold)
-    intervals = bootstrap_intervals(statistics, threshold, resamples=resamples)
-    tasks, fidelity = {}, {}
-    for task_id, task in enumerate(TASKS):
-        own = statistics.select((statistics.task_id == task_id) & ~statistics.negative)
-        if not len(own):
-            continue
-        tasks[task] = {"prompt": canonical_prompt(task),
-                       **scores_from_counts(own.intersection[:, column], own.predicted[:, column], own.target),
-                       "ci95": intervals[task]}
-        fidelity[task] = {
-            "other_prompt": canonical_prompt(other_task(task)),
-            "foreground_fraction_other_prompt": scores.get(f"wrong_prompt_foreground_{task}", float("nan")),
-            "foreground_fraction_own_prompt": scores[f"predicted_fraction_{task}"],
-            "n_images": len(own),
-        }
-    return tasks, fidelity
-
-
 def prompt_table(per_prompt: dict[str, ImageStatistics], threshold: float) -> list[dict]:
     """mIoU of each prompt on its task's images; `in_vocabulary` False for the paraphrases."""
     rows = []
     for prompt, statistics in per_prompt.items():
-        column = statistics.column(threshold)
-        scores = scores_from_counts(statistics.intersection[:, column], statistics.predicted[:, column], statistics.target)
+        scores = statistics.scores(threshold)
         task = TASKS[int(statistics.task_id[0])]
         rows.append({"task": task, "prompt": prompt, "in_vocabulary": task_of_prompt(prompt) == task,
                      "miou": scores["miou"], "n_images": scores["n_images"]})
@@ -195,7 +166,8 @@ def figure_cases(records: list[dict], split, masks_dir: Path, per_task: int) -> 
         picked = [("best", r) for r in ranked[::-1][:per_task]] + [("worst", r) for r in ranked[:per_task]]
         for kind, record in picked[: 2 * min(per_task, len(ranked))]:
             row = split[record["index"]]
-            prediction = np.asarray(Image.open(masks_dir / mask_file_name(record["image_id"], canonical_prompt(task))))
+            with Image.open(masks_dir / mask_file_name(record["image_id"], canonical_prompt(task))) as written:
+                prediction = np.asarray(written)
             cases.append(Case(f"{task} {kind}: IoU {record['iou']:.3f}\n{record['image_id'][:40]}",
                               load_image(row["image"]), np.asarray(row["mask"].convert("L")), prediction))
     return cases
@@ -204,18 +176,10 @@ def figure_cases(records: list[dict], split, masks_dir: Path, per_task: int) -> 
 def dataset_leakage(args: EvaluationArguments, split: str) -> dict:
     """Layout and, per task, how many images of `split` share a source photo with train, from the
     build's stats.json (None where the dataset carries no such record)."""
-    stats_file = Path(args.dataset_path) / "stats.json" if args.dataset_path else None
-    if stats_file is None or not stats_file.is_file():
+    stats = read_build_stats(args.dataset_path)
+    if stats is None:
         return {"layout": args.dataset_config, "leaked_images": None}
-    stats = json.loads(stats_file.read_text())
-    layout = stats.get("layout", "default")
-    if layout == "default":
-        leaked = {task: splits[split]["leaked_either_way"] for task, splits in stats.get("leakage", {}).items()
-                  if split in splits}
-    else:
-        leaked = {task: pairs[f"{split} vs train"]["leaked_either_way"]
-                  for task, pairs in stats.get("leakage_after_resplit", {}).items() if f"{split} vs train" in pairs}
-    return {"layout": layout, "leaked_images": leaked}
+    return {"layout": stats.get(LAYOUT_KEY, OFFICIAL_LAYOUT), "leaked_images": leaked_images(stats, split)}
 
 
 def set_model_threshold(model_dir: Path, threshold: float) -> None:
@@ -225,7 +189,7 @@ def set_model_threshold(model_dir: Path, threshold: float) -> None:
     config.save_pretrained(model_dir)
 
 
-def choose_threshold(args: EvaluationArguments, segmenter: Segmenter, dataset, split: str) -> tuple[float, dict]:
+def choose_threshold(args: EvaluationArguments, segmenter: BatchedSegmenter, dataset, split: str) -> tuple[float, dict]:
     """(threshold, calibration block): fixed, the model's, or swept on the calibration split."""
     if args.threshold is not None:
         return args.threshold, {"source": "argument", "split": None, "tuned_on_scored_split": False}
@@ -275,7 +239,7 @@ def evaluate_model(args: EvaluationArguments) -> dict:
     scored = segment_and_score(segmenter, split, args.batch_size, thresholds_with(threshold),
                                args.prompt_robustness, desc=f"scoring {split_name}")
     write_masks(scored, threshold, output_dir / "masks")
-    tasks, fidelity = summary_blocks(scored.statistics, threshold, args.bootstrap_resamples)
+    tasks, fidelity = task_summary(scored.statistics, threshold, args.bootstrap_resamples)
     records = per_image_records(scored, threshold)
     write_per_image_csv(records, output_dir / PER_IMAGE_FILE)
     leakage = dataset_leakage(args, split_name)
@@ -320,13 +284,13 @@ def evaluation_name(metrics: dict) -> str:
 
 def update_model_dir(model_dir: Path, output_dir: Path, metrics: dict, threshold: float | None) -> None:
     """The calibrated threshold into config.json; metrics + figure beside the weights; the card re-rendered."""
-    from .model_card import write_model_card
-
-    if threshold is not None:
-        set_model_threshold(model_dir, threshold)
-    target = model_dir / MODEL_EVALUATION_DIR
+    target = model_dir / EVALUATION_DIR
     target.mkdir(exist_ok=True)
     name = evaluation_name(metrics)
+    if threshold is not None:
+        set_model_threshold(model_dir, threshold)
+        record = {"threshold": threshold, "source": metrics["threshold_source"], "evaluation": name}
+        (target / THRESHOLD_RECORD).write_text(json.dumps(record, indent=2))
     stored = dict(metrics)
     if (output_dir / FIGURE_FILE).is_file():
         stored["figure"] = f"{name}.png"

@@ -19,21 +19,17 @@ import torch
 import transformers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, set_seed
 
-from .arguments import (
-    DEFAULT_THRESHOLD,
-    CLIPSegTrainingArguments,
-    DataArguments,
-    ModelArguments,
-    load_train_eval_splits,
-    parse_arguments,
-)
+from .adapters import ADAPTER_DIR, describe_targets, has_adapters, merge_adapters, parameter_counts, save_adapter
+from .arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments, parse_arguments
 from .cli import check_model_source, user_errors
 from .collator import CLIPSegCollator, resize_images
+from .data import check_saved_dataset, load_train_eval_splits
 from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
 from .footprint import device_name
-from .model_card import write_model_card
+from .model_card import BASE_MODEL_KEY, hub_id_of, write_model_card
 from .modeling import model_from_config
-from .outputs import check_writable_folder
+from .outputs import check_writable_folder, current_umask
+from .segmenter import DEFAULT_THRESHOLD
 from .trainer import CLIPSegTrainer
 
 logger = logging.getLogger(__name__)
@@ -118,8 +114,7 @@ def tidy_output_dir(output_dir: Path, keep_checkpoints: bool) -> None:
         for checkpoint in output_dir.glob("checkpoint-*"):
             shutil.rmtree(checkpoint, ignore_errors=True)
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json holds the same
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for path in output_dir.rglob("*"):
         if path.is_file():
             path.chmod(0o666 & ~umask)
@@ -136,9 +131,11 @@ def check_sources(model_args: ModelArguments, data_args: DataArguments, training
             raise ValueError("--config_overrides changes the config of a model trained from random weights: "
                              "pass it with --config_name (a pretrained checkpoint keeps its own config)")
         override_config(CLIPSegConfig.from_pretrained(model_args.config_name), model_args.config_overrides)
-    if data_args.dataset_path and not (Path(data_args.dataset_path) / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"--dataset_path {data_args.dataset_path}: no saved DatasetDict there; build one with "
-                                f"`python -m data_builders build ... --output {data_args.dataset_path}`")
+    if training_args.lora_rank and data_args.cache_features:
+        raise ValueError("--lora_rank trains adapters inside the CLIP encoders, so their features change every step and "
+                         "cannot be cached: drop --cache_features")
+    if data_args.dataset_path:
+        check_saved_dataset(data_args.dataset_path)
     check_writable_folder(training_args.output_dir, "--output_dir")
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() != "true" and not Path(resume).is_dir():
@@ -184,6 +181,9 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     if isinstance(resume, str) and resume.lower() == "true":
         resume = True  # the last checkpoint in output_dir
     result = trainer.train(resume_from_checkpoint=resume)
+    trained = parameter_counts(trainer.model)  # before merging: what trained, adapters included
+    if has_adapters(trainer.model):
+        finish_adapters(trainer, model_args)
     trainer.save_model()  # model.safetensors + config (with segmentation_threshold) + processor files
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -193,19 +193,34 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
-        write_run_card(trainer, model_args, data_args)
+        write_run_card(trainer, model_args, data_args, trained)
         tidy_output_dir(Path(training_args.output_dir), training_args.keep_checkpoints)
     return 0
 
 
-def write_run_card(trainer: CLIPSegTrainer, model_args: ModelArguments, data_args: DataArguments) -> None:
+def finish_adapters(trainer: CLIPSegTrainer, model_args: ModelArguments) -> None:
+    """Keep the adapter alone in `<output_dir>/adapter`, then merge it: the final model is a plain checkpoint."""
+    if trainer.is_world_process_zero():
+        base = None if model_args.config_name else hub_id_of(model_args.model_name_or_path)
+        save_adapter(trainer.model, Path(trainer.args.output_dir) / ADAPTER_DIR, base_model=base)
+    merge_adapters(trainer.model)
+
+
+def write_run_card(trainer: CLIPSegTrainer, model_args: ModelArguments, data_args: DataArguments,
+                   trained: tuple[int, int] | None = None) -> None:
     """Every argument of the run as `training_args.json`, then the model card (`model_card.md`) as README.md."""
     output_dir = Path(trainer.args.output_dir)
     arguments = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **trainer.args.to_dict()}
     if model_args.config_name:
         arguments["model_name_or_path"] = None  # not used: the weights started random from config_name
+    # resolved here, where a relative local path still resolves; the card is rendered from anywhere later
+    arguments[BASE_MODEL_KEY] = hub_id_of(arguments["model_name_or_path"])
     arguments["dataset_id"] = data_args.dataset_id()
     arguments["hardware"] = device_name(trainer.args.device)
     arguments["num_processes"] = trainer.accelerator.num_processes
+    if trained is not None:
+        arguments["trainable_parameters"], arguments["total_parameters"] = trained
+    if trainer.args.lora_rank:
+        arguments["lora_targets"] = describe_targets(trainer.model.config)
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str))
     write_model_card(output_dir)  # base model, hyperparameters and hardware from training_args.json

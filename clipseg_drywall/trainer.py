@@ -5,9 +5,12 @@ undoes that. What it adds to the Trainer:
 - AdamW groups: decoder at `decoder_learning_rate`, CLIP encoders at `encoder_learning_rate`,
   `weight_decay` except on norms and biases (the Trainer's own `get_decay_parameter_names`).
   `freeze_encoder` (or an encoder rate of 0) turns encoder gradients off entirely.
-- `compute_loss`: `losses.segmentation_loss`, normalised by the Trainer's `num_items_in_batch`.
+- `lora_rank`: LoRA adapters (`adapters.apply_lora`) train in the CLIP towers at the encoder rate
+  instead of their weights; checkpoints hold them unmerged, so a resumed run continues exactly.
+- `compute_loss`: the model's own loss (`losses.segmentation_loss` through the gradient forward's
+  `labels`), normalised by the Trainer's `num_items_in_batch`.
 - Evaluation: per-task IoU / Dice at native resolution under the canonical prompts, through
-  `evaluation` (the package's one scoring path), gathered across processes; `mean_iou` (over tasks)
+  `scoring` (the package's one scoring path), gathered across processes; `mean_iou` (over tasks)
   is the default `metric_for_best_model`. Eval batches come from `eval_data_collator`.
 - The training sampler is `sampling.DrawSampler` (seeded, optionally task-balanced).
 - At the end the main process writes `training_curves.png` into `output_dir`.
@@ -22,13 +25,21 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput
 
+from .adapters import apply_lora
 from .arguments import CLIPSegTrainingArguments
 from .collator import CLIPSegCollator
-from .evaluation import ImageStatistics, batch_statistics, task_scores
+from .figures import plot_training_curves
 from .losses import segmentation_loss
-from .modeling import DECODER_PREFIX, segmentation_logits, set_encoder_trainable, threshold_of, use_gradient_forward
-from .plotting import plot_training_curves
+from .modeling import (
+    DECODER_PREFIX,
+    loss_options,
+    segmentation_logits,
+    set_encoder_trainable,
+    use_gradient_forward,
+)
 from .sampling import DrawDataset, DrawSampler
+from .scoring import ImageStatistics, batch_statistics, task_scores
+from .segmenter import threshold_of
 
 CURVES_FILE = "training_curves.png"
 # pixels + tokens (the plain path) or cached CLIP features (`feature_cache.CachedFeatureCollator`)
@@ -70,7 +81,9 @@ class CLIPSegTrainer(Trainer):
             raise TypeError("CLIPSegTrainer needs CLIPSegTrainingArguments (encoder/decoder rates, loss weights), "
                             f"got {type(args).__name__}")
         set_encoder_trainable(model, not (args.freeze_encoder or args.encoder_learning_rate == 0))
-        use_gradient_forward(model)
+        if args.lora_rank:  # adapters in the CLIP towers instead of their weights (see `adapters`)
+            apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        use_gradient_forward(model, dice_weight=args.dice_weight, pos_weight=args.pos_weight)
         if train_dataset is not None and not isinstance(train_dataset, DrawDataset):
             train_dataset = DrawDataset(train_dataset)
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
@@ -125,10 +138,10 @@ class CLIPSegTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})
-        loss = segmentation_loss(outputs.logits, labels, num_items_in_batch,
-                                 dice_weight=self.args.dice_weight, pos_weight=self.args.pos_weight)
+        # the model's own loss (the gradient forward's `labels`): one loss for the Trainer and for direct calls
+        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs}, labels=inputs["labels"],
+                        num_items_in_batch=num_items_in_batch)
+        loss = outputs.loss
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # `num_items_in_batch` counts every process's pixels and DDP averages gradients over processes
             loss = loss * self.accelerator.num_processes
@@ -149,8 +162,8 @@ class CLIPSegTrainer(Trainer):
             with torch.no_grad(), self.accelerator.autocast():
                 logits = segmentation_logits(model, inputs["pixel_values"], inputs["input_ids"],
                                              inputs["attention_mask"], train_encoder=False)
-                losses = [segmentation_loss(logits[i : i + 1], inputs["labels"][i : i + 1],
-                                            dice_weight=self.args.dice_weight, pos_weight=self.args.pos_weight)
+                options = loss_options(model)
+                losses = [segmentation_loss(logits[i : i + 1], inputs["labels"][i : i + 1], **options)
                           for i in range(len(logits))]
             table = batch_statistics(logits, inputs, thresholds).to_tensor()
             losses = torch.stack(losses).detach().double().cpu()[:, None]

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 from clipseg_drywall.cli import ArgumentParser, user_errors
+from clipseg_drywall.data import STATS_FILE
 from clipseg_drywall.outputs import check_writable_folder
 
 from .drywall_qa import build_layouts
 from .hub import load_saved, push_to_hub, save_dataset, write_parquet
+from .splits import SplitOptions
 from .stats import compute_statistics, format_statistics
 
 
@@ -25,13 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--joints", action="append", default=[], metavar="PATH", help="a drywall-joint export (repeatable)")
     b.add_argument("--output", required=True, type=Path,
                    help="where to save the DatasetDict (+ stats.json): the source-disjoint layout with --split-by-source")
-    b.add_argument("--seed", type=int, default=0, help="seed for train prompts and --split-by-source")
     b.add_argument("--split-by-source", action="store_true",
                    help="re-split train+valid per task into train/validation/test so no source photo is in two "
                         "splits; the export's own test split is kept as roboflow_test")
-    b.add_argument("--validation-ratio", type=float, default=0.15, help="validation share with --split-by-source")
-    b.add_argument("--test-ratio", type=float, default=0.15, help="test share with --split-by-source")
-    b.add_argument("--hash-distance", type=int, default=4, help="max perceptual-hash bit distance counted as a copy")
+    for flag, kind, default, text in SplitOptions.flags():
+        b.add_argument(flag, type=kind, default=default, help=text)
     b.add_argument("--parquet-dir", type=Path,
                    help="also write the Hub layout (Parquet + README.md card) here; with --split-by-source it holds "
                         "both configurations (default: official splits, 'source-disjoint')")
@@ -51,20 +51,13 @@ def _build(args: argparse.Namespace) -> int:
         if folder is not None:
             check_writable_folder(folder, flag)
     started = time.perf_counter()
-    layouts, report = build_layouts(
-        args.cracks,
-        args.joints,
-        seed=args.seed,
-        split_by_source=args.split_by_source,
-        validation_ratio=args.validation_ratio,
-        hash_distance=args.hash_distance,
-        test_ratio=args.test_ratio,
-    )
+    options = {name: getattr(args, name) for name in SplitOptions.__dataclass_fields__}
+    layouts, report = build_layouts(args.cracks, args.joints, split_by_source=args.split_by_source, **options)
     stats = compute_statistics(report)
     stats["build_seconds"] = round(time.perf_counter() - started, 1)
     save_dataset(layouts[report.layout], stats, args.output)  # train.py reads the asked-for layout
     print(format_statistics(stats))
-    print(f"saved {args.output} ({report.layout} layout, {stats['build_seconds']} s); statistics in {args.output / 'stats.json'}")
+    print(f"saved {args.output} ({report.layout} layout, {stats['build_seconds']} s); statistics in {args.output / STATS_FILE}")
     if args.parquet_dir:
         for path in write_parquet(layouts, stats, args.parquet_dir, repo_id=args.push_to_hub or "org/drywall-qa"):
             print(f"wrote {path}")

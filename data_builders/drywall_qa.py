@@ -27,9 +27,9 @@ import numpy as np
 from clipseg_drywall.prompts import canonical_prompt, sample_prompt
 
 from . import leakage
-from .exports import Annotation, Skip, read_export, source_id
-from .features import FEATURES
 from .rasterize import ImageReadError, png_bytes, rasterize
+from .roboflow import Annotation, Skip, read_export, source_id
+from .schema import FEATURES
 from .splits import OFFICIAL, SOURCE_DISJOINT, SOURCE_DISJOINT_SPLITS, Photos, SplitOptions, source_disjoint_splits
 
 CITATION = "Roboflow Universe projects fyp-ny1jt/cracks-3ii36 and objectdetect-pu6rn/drywall-join-detect (CC BY 4.0)"
@@ -42,20 +42,14 @@ class DrywallQAConfig(datasets.BuilderConfig):
     """Which exports to read and how to split them.
 
     split_by_source: also work out the source-disjoint layout: train + validation of each task
-        pooled and cut into train / validation / test (`validation_ratio`, `test_ratio`) so that
+        pooled and cut into train / validation / test (`options`: ratios, seed) so that
         no source photo (same `source_id`, or a perceptual-hash copy) is on two sides of any split.
     """
 
     cracks: tuple[str, ...] = ()
     joints: tuple[str, ...] = ()
-    seed: int = 0
     split_by_source: bool = False
-    validation_ratio: float = 0.15
-    hash_distance: int = 4
-    test_ratio: float = 0.15
-
-    def split_options(self) -> SplitOptions:
-        return SplitOptions(self.seed, self.validation_ratio, self.test_ratio, self.hash_distance)
+    options: SplitOptions = SplitOptions()  # seed (prompts and splits), ratios, hash distance
 
 
 @dataclass
@@ -138,13 +132,13 @@ class DrywallQA(datasets.GeneratorBasedBuilder):
             hashes = leakage.hash_images([a.image_path for a in members], desc=f"hashing {task} images")
             photos = Photos([a.split for a in members], [source_id(a.image_id) for a in members], hashes)
             self.report.leakage[task] = leakage.leakage_report(
-                photos.official, photos.sources, hashes, self.config.hash_distance
+                photos.official, photos.sources, hashes, self.config.options.hash_distance
             )
             if self.config.split_by_source:
                 self._split_by_source(task, members, photos)
 
     def _split_by_source(self, task: str, members: list[Annotation], photos: Photos) -> None:
-        options = self.config.split_options()
+        options = self.config.options
         splits, kept = source_disjoint_splits(photos, options)
         self.report.split_options = asdict(options)
         self.report.source_split.update({str(a.image_path): split for a, split in zip(members, splits)})
@@ -166,7 +160,7 @@ class DrywallQA(datasets.GeneratorBasedBuilder):
         ]
 
     def _generate_examples(self, items: Sequence[tuple[str, Annotation]], split: str):
-        rng = random.Random(f"{self.config.seed}-{split}")
+        rng = random.Random(f"{self.config.options.seed}-{split}")
         index = 0
         for task, annotation in sorted(items, key=lambda item: (item[0], str(item[1].image_path))):
             row = self._row(task, annotation, split, rng)
@@ -232,26 +226,22 @@ def _source_disjoint(official: datasets.DatasetDict, report: BuildReport, seed: 
 def build_layouts(
     cracks: Sequence[str | Path] = (),
     joints: Sequence[str | Path] = (),
-    seed: int = 0,
     split_by_source: bool = False,
-    validation_ratio: float = 0.15,
-    hash_distance: int = 4,
     cache_dir: str | Path | None = None,
-    test_ratio: float = 0.15,
+    **split_options,
 ) -> tuple[Layouts, BuildReport]:
-    """Both layouts from one scan: {OFFICIAL: ..., SOURCE_DISJOINT: ...} (the latter with `split_by_source`)."""
+    """Both layouts from one scan: {OFFICIAL: ..., SOURCE_DISJOINT: ...} (the latter with `split_by_source`);
+    `split_options` are `SplitOptions`'s fields (seed, validation_ratio, test_ratio, hash_distance)."""
+    options = SplitOptions(**split_options)
     if split_by_source:
-        SplitOptions(seed, validation_ratio, test_ratio, hash_distance).check()  # fail before the scan
+        options.check()  # fail before the scan
     with tempfile.TemporaryDirectory(prefix="drywall-qa-") as scratch:
         builder = DrywallQA(
             cache_dir=str(cache_dir or scratch),
             cracks=tuple(str(p) for p in cracks),
             joints=tuple(str(p) for p in joints),
-            seed=seed,
             split_by_source=split_by_source,
-            validation_ratio=validation_ratio,
-            hash_distance=hash_distance,
-            test_ratio=test_ratio,
+            options=options,
         )
         builder.download_and_prepare(download_mode="force_redownload")
         dataset = builder.as_dataset()
@@ -259,7 +249,7 @@ def build_layouts(
         dataset = datasets.DatasetDict({name: split.flatten_indices(keep_in_memory=True) for name, split in dataset.items()})
     layouts, report = {OFFICIAL: dataset}, builder.report
     if split_by_source:
-        layouts[SOURCE_DISJOINT] = _source_disjoint(dataset, report, seed)
+        layouts[SOURCE_DISJOINT] = _source_disjoint(dataset, report, options.seed)
         report.layout = SOURCE_DISJOINT
     return layouts, report
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import datasets
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from clipseg_drywall.data import LAYOUT_KEY, LEAKED_KEY, STATS_FILE
 from clipseg_drywall.prompts import CANONICAL_PROMPTS, PROMPTS
 
 from .splits import KEPT_TEST, OFFICIAL, SOURCE_DISJOINT
 from .stats import format_statistics
 
-STATS_FILE = "stats.json"
 DATA_DIRS = {OFFICIAL: "data", SOURCE_DISJOINT: SOURCE_DISJOINT}  # configuration -> folder of its Parquet files
 
 CARD_TEMPLATE = """---
@@ -110,7 +110,7 @@ Files skipped while building: {{ stats.skipped.count }}.
 Roboflow exports hold augmented copies of each source photo and were split after augmenting.
 {% for task, per_split in stats.leakage.items() -%}
 {% for split, leak in per_split.items() -%}
-- {{ task }} / {{ split }}: {{ leak.leaked_either_way }} of {{ leak.images }} images share their photo with train
+- {{ task }} / {{ split }}: {{ leak[leaked_key] }} of {{ leak.images }} images share their photo with train
   ({{ leak.shared_source_id }} by source name, {{ leak.hash_only_near_duplicates }} more by perceptual hash).
 {% endfor -%}
 {% endfor %}
@@ -127,7 +127,7 @@ In the `source-disjoint` configuration, images of split b whose photo is also in
 |---|---|---|---|
 {% for task, per_pair in stats.leakage_after_resplit.items() -%}
 {% for pair, leak in per_pair.items() -%}
-| {{ task }} | {{ pair }} | {{ leak.images }} | {{ leak.leaked_either_way }} |
+| {{ task }} | {{ pair }} | {{ leak.images }} | {{ leak[leaked_key] }} |
 {% endfor -%}
 {% endfor %}
 {% else -%}
@@ -148,7 +148,7 @@ def _configurations(stats: dict) -> dict[str, dict]:
     if "configurations" in stats:
         return stats["configurations"]
     sizes = {split: sum(s["images"] for s in tasks.values()) for split, tasks in stats["splits"].items()}
-    return {stats.get("layout", OFFICIAL): {"rows": stats["rows"], "split_sizes": sizes, "splits": stats["splits"]}}
+    return {stats.get(LAYOUT_KEY, OFFICIAL): {"rows": stats["rows"], "split_sizes": sizes, "splits": stats["splits"]}}
 
 
 def configs_metadata(splits: Mapping[str, list[str]]) -> list[dict]:
@@ -188,6 +188,7 @@ def dataset_card(
         vocabulary=PROMPTS,
         canonical=CANONICAL_PROMPTS,
         stats=stats,
+        leaked_key=LEAKED_KEY,
         configurations=_configurations(stats),
         kept_test=KEPT_TEST,
         report=format_statistics(stats, max_files=50),  # the full lists stay in stats.json
@@ -209,7 +210,7 @@ def load_saved(path: Path) -> tuple[datasets.DatasetDict, dict]:
 
 def _layouts(dataset: datasets.DatasetDict | Mapping[str, datasets.DatasetDict], stats: dict) -> dict:
     """Configuration name -> DatasetDict; a lone DatasetDict is the layout stats.json says it is."""
-    layouts = {stats.get("layout", OFFICIAL): dataset} if isinstance(dataset, datasets.DatasetDict) else dict(dataset)
+    layouts = {stats.get(LAYOUT_KEY, OFFICIAL): dataset} if isinstance(dataset, datasets.DatasetDict) else dict(dataset)
     if OFFICIAL not in layouts:
         raise ValueError(
             "the Hub layout's default configuration is the exports' own splits, and only the source-disjoint "

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from clipseg_drywall.data import LEAKED_KEY, pair_name
+
 HASH_SIZE = 8
 THUMB_SIZE = 32
 # Images this flat hash to noise; leave them out of the perceptual check (see SOURCES.md).
@@ -130,7 +132,7 @@ def leakage_report(
             ),
             "hash_near_duplicates": len(by_hash),
             "hash_only_near_duplicates": len(by_hash - set(by_name)),
-            "leaked_either_way": len(by_hash | set(by_name)),
+            LEAKED_KEY: len(by_hash | set(by_name)),
         }
     return report
 
@@ -158,11 +160,11 @@ def pairwise_leakage(
         for b in present[k + 1 :]:
             by_name = {i for i in members[b] if source_ids[i] in sources_a}
             by_hash = linked_by_hash(members[a], members[b], hashes, max_distance)
-            report[f"{b} vs {a}"] = {
+            report[pair_name(b, a)] = {
                 "images": len(members[b]),
                 "shared_source_id": len(by_name),
                 "hash_near_duplicates": len(by_hash),
                 "hash_only_near_duplicates": len(by_hash - by_name),
-                "leaked_either_way": len(by_hash | by_name),
+                LEAKED_KEY: len(by_hash | by_name),
             }
     return report

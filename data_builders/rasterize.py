@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from clipseg_drywall.images import EXIF_ORIENTATION, ImageLoadError, read_image_file, to_rgb
 
-from .exports import Annotation, Shape
+from .roboflow import Annotation, Shape
 
 __all__ = ["EXIF_ORIENTATION", "ImageReadError", "draw_mask", "load_annotated_image", "png_bytes", "rasterize", "to_rgb"]
 

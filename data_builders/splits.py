@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from clipseg_drywall.data import OFFICIAL_LAYOUT
+
 from . import leakage
 
-OFFICIAL = "default"  # the dataset configuration `load_dataset(repo)` gives
+OFFICIAL = OFFICIAL_LAYOUT  # the dataset configuration `load_dataset(repo)` gives
 SOURCE_DISJOINT = "source-disjoint"
 KEPT_TEST = "roboflow_test"  # the export's own test split, under the source-disjoint layout
 OFFICIAL_SPLITS = ("train", "validation", "test")
@@ -36,10 +38,18 @@ class Photos:
 
 @dataclass(frozen=True)
 class SplitOptions:
-    seed: int = 0
-    validation_ratio: float = 0.15
-    test_ratio: float = 0.15
-    hash_distance: int = 4
+    """How a build draws its splits: the one list of these options (the builder config, `build_layouts`
+    and the command's flags are made from it)."""
+
+    seed: int = field(default=0, metadata={"help": "seed for train prompts and --split-by-source"})
+    validation_ratio: float = field(default=0.15, metadata={"help": "validation share with --split-by-source"})
+    test_ratio: float = field(default=0.15, metadata={"help": "test share with --split-by-source"})
+    hash_distance: int = field(default=4, metadata={"help": "max perceptual-hash bit distance counted as a copy"})
+
+    @classmethod
+    def flags(cls) -> list[tuple[str, type, object, str]]:
+        """(flag, type, default, help) of every option, as `python -m data_builders build` takes them."""
+        return [(f"--{f.name.replace('_', '-')}", type(f.default), f.default, f.metadata["help"]) for f in fields(cls)]
 
     def check(self) -> None:
         for name in ("validation_ratio", "test_ratio"):

@@ -6,6 +6,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from clipseg_drywall.data import LAYOUT_KEY, LEAKAGE_KEY, LEAKED_KEY, OFFICIAL_LAYOUT, RESPLIT_LEAKAGE_KEY
+
 from .drywall_qa import BuildReport, RowInfo
 from .splits import KEPT_TEST
 
@@ -51,7 +53,7 @@ def _split_check(report: BuildReport) -> dict | None:
         "kept_test_split": KEPT_TEST,
         "kept_test": report.kept_test,
         "pairs_checked": len(pairs),
-        "leaked_images": sum(leak["leaked_either_way"] for leak in pairs),
+        "leaked_images": sum(leak[LEAKED_KEY] for leak in pairs),
     }
 
 
@@ -61,7 +63,7 @@ def compute_statistics(report: BuildReport) -> dict:
     reasons = Counter(skip.reason.split(":")[0] for skip in report.skipped)
     return {
         "rows": len(report.rows_of(report.layout)),
-        "layout": report.layout,
+        LAYOUT_KEY: report.layout,
         "splits": configurations[report.layout]["splits"],
         "configurations": configurations,
         "formats": report.formats,
@@ -72,8 +74,8 @@ def compute_statistics(report: BuildReport) -> dict:
             "files": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
         },
         "invalid_objects": [{"path": str(s.path), "reason": s.reason} for s in report.invalid_objects],
-        "leakage": report.leakage,
-        "leakage_after_resplit": report.leakage_after_resplit,
+        LEAKAGE_KEY: report.leakage,
+        RESPLIT_LEAKAGE_KEY: report.leakage_after_resplit,
         "source_disjoint": _split_check(report),
     }
 
@@ -96,10 +98,10 @@ def _split_lines(splits: dict) -> list[str]:
 
 def _leakage_lines(stats: dict) -> list[str]:
     lines = []
-    for task, per_split in stats["leakage"].items():
+    for task, per_split in stats[LEAKAGE_KEY].items():
         for split, leak in per_split.items():
             lines.append(
-                f"leakage vs train: {task} {split}: {leak['leaked_either_way']} of {leak['images']} images share their "
+                f"leakage vs train: {task} {split}: {leak[LEAKED_KEY]} of {leak['images']} images share their "
                 f"photo with train ({leak['shared_source_id']} by source name, "
                 f"{leak['hash_only_near_duplicates']} more by perceptual hash)"
             )
@@ -110,10 +112,10 @@ def _leakage_lines(stats: dict) -> list[str]:
             f"({kept['moved_from_train']} from train, {kept['moved_from_validation']} from validation) "
             f"moved to {KEPT_TEST} so that no photo is in two splits"
         )
-    for task, per_pair in stats.get("leakage_after_resplit", {}).items():
+    for task, per_pair in stats.get(RESPLIT_LEAKAGE_KEY, {}).items():
         for pair, leak in per_pair.items():
             lines.append(
-                f"leakage after --split-by-source: {task} {pair}: {leak['leaked_either_way']} of {leak['images']} "
+                f"leakage after --split-by-source: {task} {pair}: {leak[LEAKED_KEY]} of {leak['images']} "
                 f"images share their photo ({leak['shared_source_id']} by source name, "
                 f"{leak['hash_only_near_duplicates']} more by perceptual hash)"
             )
@@ -123,7 +125,7 @@ def _leakage_lines(stats: dict) -> list[str]:
 def format_statistics(stats: dict, max_files: int | None = None) -> str:
     """The human report, in the manner of the original study's dataset summary."""
     lines = [f"rows: {stats['rows']}  (files seen: {stats['files_seen']})"]
-    configurations = stats.get("configurations") or {stats.get("layout", "default"): {"splits": stats["splits"]}}
+    configurations = stats.get("configurations") or {stats.get(LAYOUT_KEY, OFFICIAL_LAYOUT): {"splits": stats["splits"]}}
     for name, configuration in configurations.items():
         if len(configurations) > 1:
             sizes = ", ".join(f"{split} {n}" for split, n in configuration["split_sizes"].items())

@@ -109,6 +109,22 @@ def test_prompts_with_the_same_slug_get_different_files(tiny_model_dir, photo, t
 
 
 @requires_shared
+def test_a_stem_with_a_double_underscore_keeps_earlier_masks(tiny_model_dir, photo, tmp_path, capsys):
+    """The slug follows the stem's last `__`: `IMG__001` must not hide `segment crack`'s name from a later call."""
+    image = tmp_path / "IMG__001.jpg"
+    image.write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    arguments = [str(image), "--model", str(tiny_model_dir), "--output", str(out), "--threshold", "0.5"]
+    assert predict([*arguments, "--prompt", "segment crack"], capsys)[0] == 0
+    first = (out / "IMG__001__segment-crack.png").read_bytes()
+    assert predict([*arguments, "--prompt", "Segment CRACK!"], capsys)[0] == 0
+    hashed = f"IMG__001__segment-crack-{prompt_hash('Segment CRACK!')}.png"
+    assert {row["prompt"]: row["mask"] for row in index_rows(out)} == {
+        "segment crack": "IMG__001__segment-crack.png", "Segment CRACK!": hashed}
+    assert (out / "IMG__001__segment-crack.png").read_bytes() == first and (out / hashed).is_file()
+
+
+@requires_shared
 def test_output_that_is_a_file(tiny_model_dir, photo, tmp_path, capsys):
     target = tmp_path / "masks.png"
     target.write_bytes(b"the user's file")

@@ -11,8 +11,8 @@ from PIL import Image
 
 from data_builders.__main__ import main
 from data_builders.drywall_qa import build
-from data_builders.exports import ExportError, read_export
 from data_builders.rasterize import EXIF_ORIENTATION
+from data_builders.roboflow import ExportError, read_export
 
 from .conftest import exit_code
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -208,3 +210,49 @@ def test_fixed_threshold_on_another_split_keeps_config(evaluated, tiny_drywall_d
     with pytest.raises(ValueError, match="no split 'nope'"):
         evaluate_model(EvaluationArguments(model_path=str(model_dir), dataset_path=str(tiny_drywall_dir),
                                            split="nope", output_dir=str(tmp_path)))
+
+
+@requires_shared
+def test_card_names_the_evaluation_that_wrote_the_threshold(evaluated, tiny_drywall_dir, tmp_path):
+    """The last `--update_model` calibration wrote config.json's threshold: the card names it, not the
+    evaluation that sorts first (the honest one)."""
+    from huggingface_hub import ModelCard
+
+    from clipseg_drywall.arguments import EvaluationArguments
+    from clipseg_drywall.run_evaluation import evaluate_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(evaluated[0], model_dir)
+    metrics = evaluate_model(EvaluationArguments(
+        model_path=str(model_dir), dataset_path=str(tiny_drywall_dir), split="validation", calibration_split="train",
+        max_samples=4, output_dir=str(tmp_path / "eval"), latency_images=0, prompt_robustness=False, update_model=True))
+    assert json.loads((model_dir / "config.json").read_text())["segmentation_threshold"] == metrics["threshold"]
+    card = ModelCard.load(model_dir / "README.md").text
+    assert f"# {metrics['threshold']}, sweep on train (evaluation default_validation)" in card
+    # a threshold set by hand afterwards is not credited to any evaluation
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "segmentation_threshold": 0.123}))
+    from clipseg_drywall.model_card import render_model_card
+
+    assert "# 0.123, set in config.json at training" in render_model_card(model_dir).text
+
+
+@requires_shared
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc/self/fd (Linux)")
+def test_a_mask_that_fails_to_read_leaves_no_file_open(evaluated, tiny_disjoint_dir, tmp_path):
+    """Pillow closes a fully read PNG by itself, but not one whose read fails: the figure must close it."""
+    from clipseg_drywall.data import select_split
+    from clipseg_drywall.run_evaluation import figure_cases
+
+    _, output_dir, _, _ = evaluated
+    records = [dict(r, iou=float(r["iou"]), true_fraction=float(r["true_fraction"]), index=i)
+               for i, r in enumerate(csv.DictReader((output_dir / "per_image.csv").open()))]
+    split = select_split(datasets.load_from_disk(str(tiny_disjoint_dir)), "test", "tiny")
+    masks = tmp_path / "masks"
+    shutil.copytree(output_dir / "masks", masks)
+    for png in masks.glob("*.png"):
+        png.write_bytes(png.read_bytes()[:200])  # a valid header, then cut: the read fails mid-way
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError) as caught:  # keeps the failed frames (and their images) alive, as a caller would
+        figure_cases(records, split, masks, per_task=1)
+    assert caught.value is not None and len(os.listdir("/proc/self/fd")) == before

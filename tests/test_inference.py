@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from clipseg_drywall.inference import Segmenter, load_image, mask_file_name
-from clipseg_drywall.modeling import upsample_logits
+from clipseg_drywall.upsampling import upsample_logits
 
 from .conftest import CRACKS, REPO, requires_shared
 

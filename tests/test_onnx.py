@@ -17,7 +17,6 @@ from PIL import Image
 
 from clipseg_drywall import export
 from clipseg_drywall.inference import Segmenter
-from clipseg_drywall.modeling import native_probabilities as torch_native_probabilities
 from clipseg_drywall.onnx_inference import (
     CONFIG_FILE,
     EMBEDDINGS_FILE,
@@ -30,6 +29,7 @@ from clipseg_drywall.onnx_inference import (
     native_probabilities,
 )
 from clipseg_drywall.prompts import all_prompts
+from clipseg_drywall.upsampling import native_probabilities as torch_native_probabilities
 
 from .conftest import CRACKS, JOINTS, REPO, requires_shared
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import CLIPSegConfig
 
+from clipseg_drywall.losses import segmentation_loss
 from clipseg_drywall.modeling import model_from_config, restore_stock_forward, use_gradient_forward
 
 from .conftest import REPO, tiny_config_dict
@@ -25,6 +26,56 @@ def test_inference_import_loads_no_data_training_or_plotting_stack():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO / "tests", timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]", run.stdout
+
+
+def _package_imports(path, package: str) -> set[str]:
+    """Modules of both packages that the module at `path` imports: at module level, inside functions
+    (the house rule: no two modules import each other, even there) and by `importlib.import_module`."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join([package, *filter(None, [node.module])]) if node.level else node.module or ""
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args \
+                and isinstance(node.args[0], ast.Constant):
+            name = node.args[0].value
+            found.add(package + name if name.startswith(".") else name)
+    own = f"{package}.{path.stem}" if path.stem != "__init__" else package
+    return {name for name in found if name in MODULES} - {own}
+
+
+PACKAGES = ("clipseg_drywall", "data_builders")
+MODULES = {f"{p}.{path.stem}" if path.stem != "__init__" else p: path
+           for p in PACKAGES for path in (REPO / p).glob("*.py")}
+
+
+def test_package_import_graph_has_no_cycle():
+    graph = {name: _package_imports(path, name.split(".")[0]) for name, path in MODULES.items()}
+    # the parser sees real edges: top-level, relative and by name
+    assert graph["clipseg_drywall.modeling"] >= {"clipseg_drywall.losses"}
+    assert graph["clipseg_drywall.backends"] >= {"clipseg_drywall.inference", "clipseg_drywall.onnx_inference"}
+    assert graph["data_builders.stats"] >= {"clipseg_drywall.data", "data_builders.drywall_qa"}
+    visiting, done, cycles = [], set(), []
+
+    def visit(module: str) -> None:
+        if module in visiting:
+            cycles.append(visiting[visiting.index(module):] + [module])
+            return
+        if module in done:
+            return
+        visiting.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
 def test_library_never_imports_data_builders():
@@ -78,7 +129,7 @@ def _pixels_and_tokens():
 
 
 def test_training_forward_names_what_it_does_not_support_and_honours_labels():
-    model = use_gradient_forward(model_from_config(CLIPSegConfig(**tiny_config_dict())))
+    model = use_gradient_forward(model_from_config(CLIPSegConfig(**tiny_config_dict())), dice_weight=1.0, pos_weight=3.0)
     pixels, tokens = _pixels_and_tokens()
     with pytest.raises(TypeError, match="output_attentions.*restore_stock_forward"):
         model(pixel_values=pixels, input_ids=tokens, output_attentions=True)
@@ -89,6 +140,11 @@ def test_training_forward_names_what_it_does_not_support_and_honours_labels():
     assert output.loss is not None and output.loss.requires_grad and output.loss > 0
     loss, logits = model(pixel_values=pixels, input_ids=tokens, labels=labels, return_dict=False)
     assert torch.equal(loss, output.loss) and torch.equal(logits, output.logits)
+    # `labels` give the loss the Trainer optimises (its Dice and foreground weights), not a plain BCE
+    assert torch.equal(output.loss, segmentation_loss(output.logits, labels, dice_weight=1.0, pos_weight=3.0))
+    assert not torch.allclose(output.loss, segmentation_loss(output.logits, labels))
+    halved = model(pixel_values=pixels, input_ids=tokens, labels=labels, num_items_in_batch=2 * labels.numel()).loss
+    assert torch.allclose(halved, output.loss / 2)
 
 
 def test_restoring_the_stock_forward_is_one_call():

@@ -53,6 +53,22 @@ def test_hub_ids_never_paths(tmp_path):
 
 
 @requires_shared
+def test_a_relative_local_base_is_never_a_hub_id_on_the_card(tiny_model_dir, tiny_drywall_dir, tmp_path, monkeypatch):
+    """train.py resolves the base where its relative path resolves; a card rendered from another folder
+    still names it as a local checkpoint, not as a Hub id (`base_model: tiny-model`, which the Hub refuses)."""
+    from clipseg_drywall.model_card import render_model_card
+
+    monkeypatch.chdir(tiny_model_dir.parent)
+    output = tmp_path / "out"
+    main([str(REPO / "configs" / "cidas-finetune.json"), "--model_name_or_path", tiny_model_dir.name,
+          "--dataset_path", str(tiny_drywall_dir), "--output_dir", str(output), "--max_steps", "1",
+          "--disable_tqdm", "true"])
+    monkeypatch.chdir(tmp_path)  # where `tiny_model_dir.name` names nothing
+    card = render_model_card(output)
+    assert card.data.base_model is None and f"a local checkpoint ({tiny_model_dir.name})" in card.text
+
+
+@requires_shared
 @pytest.mark.parametrize("recipe", ["cidas-decoder-cached", "cidas-finetune"])
 def test_cidas_recipe_runs_two_steps_from_a_local_checkpoint(recipe, tiny_model_dir, tiny_drywall_dir, tmp_path):
     output = tmp_path / "out"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_drywall.evaluation import (
+from clipseg_drywall.metrics import iou_and_dice, scores_from_counts
+from clipseg_drywall.scoring import (
     SWEEP,
     ImageStatistics,
     best_threshold,
@@ -15,8 +16,7 @@ from clipseg_drywall.evaluation import (
     task_scores,
     thresholds_with,
 )
-from clipseg_drywall.metrics import iou_and_dice, scores_from_counts
-from clipseg_drywall.modeling import native_probabilities
+from clipseg_drywall.upsampling import native_probabilities
 
 
 def _random_pairs(n: int, seed: int = 0):
@@ -88,7 +88,7 @@ def _statistics_of(n: int, seed: int) -> ImageStatistics:
 
 
 def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_more_images():
-    from clipseg_drywall.evaluation import bootstrap_intervals
+    from clipseg_drywall.scoring import bootstrap_intervals
 
     widths = []
     for n in (20, 500):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from clipseg_drywall.data import leaked_images
 from data_builders import leakage
 from data_builders.__main__ import main
 from data_builders.hub import dataset_card, write_parquet
@@ -143,6 +144,12 @@ def test_statistics_and_card_show_split_counts_and_zero_leakage(shared_layouts):
     card = dataset_card(stats).text
     assert f"| source-disjoint | {KEPT_TEST} | crack | {len(layouts[SOURCE_DISJOINT][KEPT_TEST])} |" in card
     assert "| crack | test vs train |" in card and "196 of 202" in card
+    # what evaluate.py and the model card read from this record: the builder's numbers, never None
+    assert leaked_images(stats, "test") == {"crack": 0, "taping": 0}
+    official = {**stats, "layout": OFFICIAL}
+    assert leaked_images(official, "validation") == {task: per_split["validation"]["leaked_either_way"]
+                                                     for task, per_split in stats["leakage"].items()}
+    assert leaked_images(official, "validation")["taping"] >= 196
 
 
 @requires_data

@@ -18,8 +18,9 @@ import torch
 
 from .losses import label_sizes
 from .metrics import dice, iou, scores_from_counts
-from .modeling import native_probabilities, segmentation_logits
-from .prompts import TASKS
+from .modeling import segmentation_logits
+from .prompts import TASKS, canonical_prompt, other_task
+from .upsampling import native_probabilities
 
 SWEEP: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 
@@ -50,6 +51,28 @@ class ImageStatistics:
             if abs(t - threshold) < 1e-9:
                 return index
         raise KeyError(f"threshold {threshold} was not scored; scored: {self.thresholds}")
+
+    def positive(self, task: str | None = None) -> ImageStatistics:
+        """The positive pairs (each image under its own task's prompt), of one task when given."""
+        rows = ~self.negative
+        return self.select(rows if task is None else rows & (self.task_id == TASKS.index(task)))
+
+    def negatives(self, task: str) -> ImageStatistics:
+        """`task`'s images under the other task's prompt (scored against an empty mask)."""
+        return self.select(self.negative & (self.task_id == TASKS.index(task)))
+
+    def counts(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(intersection, predicted, target) pixel counts per row at `threshold`."""
+        column = self.column(threshold)
+        return self.intersection[:, column], self.predicted[:, column], self.target
+
+    def foreground_fraction(self, threshold: float) -> np.ndarray:
+        """Per row, the share of pixels marked at `threshold`."""
+        return self.predicted[:, self.column(threshold)] / self.pixels
+
+    def scores(self, threshold: float) -> dict[str, float]:
+        """`metrics.scores_from_counts` of these rows at `threshold` (miou, dice, dataset_iou, n_images)."""
+        return scores_from_counts(*self.counts(threshold))
 
     def select(self, rows: np.ndarray) -> ImageStatistics:
         """The rows picked by a boolean mask or index array (bootstrap resamples, one task, ...)."""
@@ -121,10 +144,6 @@ def batch_statistics(logits: torch.Tensor, batch: dict[str, torch.Tensor], thres
     return image_statistics(probabilities, targets, batch["task_ids"].tolist(), batch["negative"].tolist(), thresholds)
 
 
-def _per_image(statistics: ImageStatistics, column: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return statistics.intersection[:, column], statistics.predicted[:, column], statistics.target
-
-
 def task_scores(statistics: ImageStatistics, threshold: float) -> dict[str, float]:
     """Per-task metrics at `threshold` (metrics.py conventions).
 
@@ -133,32 +152,57 @@ def task_scores(statistics: ImageStatistics, threshold: float) -> dict[str, floa
     on that task's images under the other task's prompt (negative pairs), when there are any;
     `mean_iou` / `mean_dice`: means over the tasks present (the model-selection metric).
     """
-    column = statistics.column(threshold)
     metrics: dict[str, float] = {}
     ious, dices = [], []
-    for task_id, task in enumerate(TASKS):
-        of_task = statistics.task_id == task_id
-        positive = statistics.select(of_task & ~statistics.negative)
-        negative = statistics.select(of_task & statistics.negative)
+    for task in TASKS:
+        positive, negative = statistics.positive(task), statistics.negatives(task)
         if len(positive):
-            scores = scores_from_counts(*_per_image(positive, column))
+            scores = positive.scores(threshold)
             metrics[f"iou_{task}"] = scores["miou"]
             metrics[f"dice_{task}"] = scores["dice"]
             metrics[f"dataset_iou_{task}"] = scores["dataset_iou"]
-            metrics[f"predicted_fraction_{task}"] = float((positive.predicted[:, column] / positive.pixels).mean())
+            metrics[f"predicted_fraction_{task}"] = float(positive.foreground_fraction(threshold).mean())
             ious.append(scores["miou"])
             dices.append(scores["dice"])
         if len(negative):
-            metrics[f"wrong_prompt_foreground_{task}"] = float((negative.predicted[:, column] / negative.pixels).mean())
+            metrics[f"wrong_prompt_foreground_{task}"] = float(negative.foreground_fraction(threshold).mean())
     if ious:
         metrics["mean_iou"] = float(np.mean(ious))
         metrics["mean_dice"] = float(np.mean(dices))
     return metrics
 
 
+def task_summary(statistics: ImageStatistics, threshold: float, resamples: int = 1000) -> tuple[dict, dict]:
+    """(per task: canonical prompt, scores and their 95% intervals; per task: prompt fidelity), as
+    metrics.json holds them."""
+    scores = task_scores(statistics, threshold)
+    intervals = bootstrap_intervals(statistics, threshold, resamples=resamples)
+    tasks, fidelity = {}, {}
+    for task in TASKS:
+        own = statistics.positive(task)
+        if not len(own):
+            continue
+        tasks[task] = {"prompt": canonical_prompt(task), **own.scores(threshold), "ci95": intervals[task]}
+        fidelity[task] = {
+            "other_prompt": canonical_prompt(other_task(task)),
+            "foreground_fraction_other_prompt": scores.get(f"wrong_prompt_foreground_{task}", float("nan")),
+            "foreground_fraction_own_prompt": scores[f"predicted_fraction_{task}"],
+            "n_images": len(own),
+        }
+    return tasks, fidelity
+
+
+def per_image_scores(statistics: ImageStatistics, threshold: float) -> dict[str, np.ndarray]:
+    """Per positive pair, in row order: IoU, Dice, predicted and true foreground fractions."""
+    own = statistics.positive()
+    intersection, predicted, target = own.counts(threshold)
+    return {"iou": iou(intersection, predicted, target), "dice": dice(intersection, predicted, target),
+            "predicted_fraction": predicted / own.pixels, "true_fraction": target / own.pixels}
+
+
 def sweep(statistics: ImageStatistics) -> dict[float, dict[str, float]]:
     """Per threshold: per-task mean per-image IoU on positive pairs, and their mean over tasks."""
-    positive = statistics.select(~statistics.negative)
+    positive = statistics.positive()
     per_image = iou(positive.intersection, positive.predicted, positive.target[:, None])  # (N, T)
     table = {}
     for column, threshold in enumerate(statistics.thresholds):
@@ -181,15 +225,14 @@ def bootstrap_intervals(
     Resamples the per-image counts already scored (positive pairs), so an interval comes from the
     same statistics as its point estimate, never from a second scoring pass.
     """
-    column = statistics.column(threshold)
     generator = np.random.default_rng(seed)
     tail = 100 * (1 - confidence) / 2
     intervals: dict[str, dict[str, list[float]]] = {}
-    for task_id, task in enumerate(TASKS):
-        rows = statistics.select((statistics.task_id == task_id) & ~statistics.negative)
+    for task in TASKS:
+        rows = statistics.positive(task)
         if not len(rows):
             continue
-        intersection, predicted, target = rows.intersection[:, column], rows.predicted[:, column], rows.target
+        intersection, predicted, target = rows.counts(threshold)
         per_image = {"miou": iou(intersection, predicted, target), "dice": dice(intersection, predicted, target)}
         picks = generator.integers(0, len(rows), size=(resamples, len(rows)))
         union = predicted + target - intersection

@@ -10,7 +10,8 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "clipseg_drywall" / "__
 
 
 DATA = ["datasets>=4.0", "lxml"]
-TRAIN = ["accelerate>=1.0", "datasets>=4.0", "matplotlib"]
+# peft: the LoRA adapters (--lora_rank), tested with peft 0.21.2 (transformers 5.24, torch 2.13)
+TRAIN = ["accelerate>=1.0", "datasets>=4.0", "matplotlib", "peft>=0.21"]
 EVAL = ["datasets>=4.0", "evaluate>=0.4", "matplotlib"]
 # OnnxSegmenter at run time (no torch needed: see README "Deploy"); the exporter also needs onnx
 ONNX = ["onnxruntime>=1.13", "tokenizers>=0.15", "onnx>=1.13"]

@@ -62,7 +62,7 @@ def _run(extra: str, modules: tuple[str, ...], module: str) -> int:
 
 
 def train() -> int:
-    return _run("train", ("accelerate", "datasets", "matplotlib"), "clipseg_drywall.run_training")
+    return _run("train", ("accelerate", "datasets", "matplotlib", "peft"), "clipseg_drywall.run_training")
 
 
 def evaluate() -> int:

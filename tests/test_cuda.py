@@ -68,3 +68,14 @@ def test_segmenter_on_cuda_matches_cpu(tiny_model_dir):
     for prompt in prompts:
         assert on_gpu.masks[prompt].shape == (120, 90)
         assert np.abs(on_gpu.probabilities[prompt] - on_cpu.probabilities[prompt]).max() < 1e-3
+
+
+def test_lora_training_steps_on_cuda(tiny_config_dir, tiny_drywall_dir, tmp_path):
+    """LoRA (rank 4) with gradient checkpointing: adapters and decoder move on the GPU, CLIP stays as it was."""
+    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, lora_rank=4, gradient_checkpointing=True)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.model.device.type == "cuda"
+    for name, parameter in trainer.model.named_parameters():
+        moved = not torch.equal(parameter.detach(), before[name])
+        assert moved == ("lora_" in name or name.startswith("decoder.")), name

@@ -17,7 +17,7 @@ from clipseg_drywall.modeling import model_from_config, restore_stock_forward, u
 
 from .conftest import REPO, tiny_config_dict
 
-HEAVY = ("lxml", "datasets", "matplotlib", "evaluate", "data_builders")
+HEAVY = ("lxml", "datasets", "matplotlib", "evaluate", "data_builders", "peft")
 
 
 def test_inference_import_loads_no_data_training_or_plotting_stack():

@@ -18,7 +18,7 @@ RECIPES = sorted((REPO / "configs").glob("*.json"))
 
 
 def test_every_use_has_a_recipe():
-    assert {p.stem for p in RECIPES} == {"small-from-scratch", "cidas-decoder-cached", "cidas-finetune"}
+    assert {p.stem for p in RECIPES} == {"small-from-scratch", "cidas-decoder-cached", "cidas-finetune", "cidas-lora"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -69,7 +69,7 @@ def test_a_relative_local_base_is_never_a_hub_id_on_the_card(tiny_model_dir, tin
 
 
 @requires_shared
-@pytest.mark.parametrize("recipe", ["cidas-decoder-cached", "cidas-finetune"])
+@pytest.mark.parametrize("recipe", ["cidas-decoder-cached", "cidas-finetune", "cidas-lora"])
 def test_cidas_recipe_runs_two_steps_from_a_local_checkpoint(recipe, tiny_model_dir, tiny_drywall_dir, tmp_path):
     output = tmp_path / "out"
     main([str(REPO / "configs" / f"{recipe}.json"), "--model_name_or_path", str(tiny_model_dir),
@@ -80,6 +80,12 @@ def test_cidas_recipe_runs_two_steps_from_a_local_checkpoint(recipe, tiny_model_
     assert (output / "model.safetensors").is_file() and not list(output.glob("checkpoint-*"))
     assert bool(list((tmp_path / "cache").glob("*/activations.npy"))) == (recipe == "cidas-decoder-cached")
     card = ModelCard.load(output / "README.md")
+    if recipe == "cidas-lora":  # merged: a plain checkpoint, the adapter beside it, the card says what trained
+        from safetensors.torch import load_file
+
+        assert not [k for k in load_file(output / "model.safetensors") if "lora_" in k or "base_layer" in k]
+        assert (output / "adapter" / "adapter_model.safetensors").is_file()
+        assert "**LoRA**: rank 8, alpha 16.0" in card.text and "**trainable parameters**" in card.text
     metadata = yaml.safe_load((output / "README.md").read_text().split("---")[1])
     # a local base model and a local dataset: named as local on the card, never as a path in the metadata
     assert "base_model" not in metadata and "datasets" not in metadata

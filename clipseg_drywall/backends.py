@@ -23,16 +23,19 @@ def load_segmenter(
     batch_size: int = 8,
     device: str | None = None,
     speed_options: Iterable[str] = (),
+    num_threads: int | None = None,
 ) -> BatchedSegmenter:
-    """A `Segmenter` (torch) or `OnnxSegmenter` (onnx) for `model`, a checkpoint or export folder or Hub id."""
+    """A `Segmenter` (torch) or `OnnxSegmenter` (onnx) for `model`, a checkpoint or export folder or Hub id;
+    `num_threads`: the CPU threads it may use (default: the library's own choice)."""
     if backend == "torch":
         module = importlib.import_module(".inference", __package__)
         return module.Segmenter.from_pretrained(model, threshold=threshold, batch_size=batch_size, device=device,
-                                                speed_options=speed_options)
+                                                speed_options=speed_options, num_threads=num_threads)
     if backend != "onnx":
         raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if device not in (None, "cpu") or list(speed_options):
         raise ValueError("--device and --speed apply to the torch backend; the onnx backend runs on onnxruntime's CPU "
                          "provider (export with --quantize int8 for its speed-up)")
     module = importlib.import_module(".onnx_inference", __package__)
-    return module.OnnxSegmenter.from_pretrained(model, threshold=threshold, batch_size=batch_size)
+    return module.OnnxSegmenter.from_pretrained(model, threshold=threshold, batch_size=batch_size,
+                                                num_threads=num_threads)

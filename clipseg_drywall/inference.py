@@ -63,6 +63,8 @@ class Segmenter(BatchedSegmenter):
     >>> masks[0]["segment crack"].shape  # (height, width) of photo.jpg, values {0, 255}
     """
 
+    backend = "torch"
+
     def __init__(
         self,
         model: CLIPSegForImageSegmentation,
@@ -89,9 +91,13 @@ class Segmenter(BatchedSegmenter):
         batch_size: int = 8,
         device: str | torch.device | None = None,
         speed_options: Iterable[str] = (),
+        num_threads: int | None = None,
         **hub_kwargs,
     ) -> Segmenter:
-        """A local checkpoint directory or a Hub id (safetensors only, never remote code)."""
+        """A local checkpoint directory or a Hub id (safetensors only, never remote code); `num_threads`
+        sets torch's CPU threads (a process launched beside others gets its share of the cores)."""
+        if num_threads and torch.get_num_threads() != num_threads:
+            torch.set_num_threads(num_threads)
         model = CLIPSegForImageSegmentation.from_pretrained(str(name_or_path), use_safetensors=True, **hub_kwargs)
         processor = CLIPSegProcessor.from_pretrained(str(name_or_path), **hub_kwargs)
         return cls(model, processor, threshold=threshold, batch_size=batch_size, device=device,

@@ -245,6 +245,8 @@ class OnnxSegmenter(BatchedSegmenter):
     >>> masks[0]["segment crack"].shape  # (height, width) of photo.jpg, values {0, 255}
     """
 
+    backend = "onnx"
+
     def __init__(self, folder: str | Path, threshold: float | None = None, batch_size: int = 8,
                  num_threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)):
         folder = Path(folder).expanduser()

@@ -6,6 +6,13 @@ calls into the same folder). Any non-empty prompt gets a file name; two prompts 
 (the naming rule: `clipseg_drywall/outputs.py`). `--overlay` adds <image stem>__<prompt slug>_overlay.jpg.
 Prompts longer than the text encoder reads (77 CLIP tokens) are truncated, with a warning.
 
+A re-run into the same folder resumes: a (photo, prompt) pair whose mask index.csv says this model
+(a fingerprint of its files), threshold and backend wrote is skipped, and the log says how many; a mask
+from another model, threshold or backend is redone (and index.csv says what wrote each mask);
+`--overwrite` redoes everything. `accelerate launch -m clipseg_drywall.predict ...` deals the photos out
+to its processes (each on its own GPU, or its share of the CPU cores); they write the same files one
+process would. `--input_list FILE` takes one path per line; folders are walked lazily.
+
 Mistakes in the call (no readable input at all, an output path that is a file or not writable, a
 model folder that does not exist) are one `error:` line and exit status 2, before the model loads.
 An input that fails on its own (unreadable file, folder without images) is reported at the end
@@ -16,27 +23,33 @@ with exit status 1; the other images are still segmented. Every file is written 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backends import BACKENDS, load_segmenter
 from .cli import ArgumentParser, check_model_source, user_errors
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from .outputs import (
+    IndexShard,
     avoid_taken_names,
     check_writable_folder,
     claim_stem,
     mask_file_name,
+    merge_index_shards,
+    model_fingerprint,
     prompt_slugs,
     read_index,
     save_image,
     save_mask,
-    update_index,
 )
 from .segmenter import SPEED_OPTIONS, BatchedSegmenter, check_prompt, check_threshold
 
@@ -45,19 +58,9 @@ OVERLAY_ALPHA = 0.5
 
 
 def image_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(image files in order, [(input, why it gave none)]): folders expand to their images (not recursive)."""
-    files, failures = [], []
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            found = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                failures.append((str(entry), f"folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
-            files.extend(found)
-        elif entry.is_file():
-            files.append(entry)
-        else:
-            failures.append((str(entry), "no such file or folder"))
-    return files, failures
+    """(image files in order, [(input, why it gave none)]): `iter_image_files` as a list."""
+    failures: list[tuple[str, str]] = []
+    return list(iter_image_files(inputs, failures)), failures
 
 
 def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
@@ -77,6 +80,45 @@ def loaded_images(files: Sequence[Path], failures: list[tuple[str, str]]) -> Ite
             yield path, None
 
 
+@dataclass
+class PredictResult:
+    """What one process of a predict call did."""
+
+    written: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0  # (photo, prompt) pairs already done by this model, threshold and backend
+    redone: int = 0  # pairs whose mask another model, threshold or backend had written
+
+
+def iter_image_files(inputs: Sequence[str | Path], failures: list[tuple[str, str]],
+                     input_list: Path | None = None) -> Iterator[Path]:
+    """The image files of `inputs` and of `input_list` (one path per line), folders walked lazily (sorted,
+    not recursive): only one folder's names are held at a time. Inputs that give no image go to `failures`."""
+    for entry in map(Path, inputs):
+        yield from _entry_files(entry, str(entry), failures)
+    if input_list is not None:
+        with open(input_list, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                name = line.rstrip("\r\n")
+                if not name.strip():
+                    failures.append((f"{input_list} line {number}", "empty line"))
+                    continue
+                yield from _entry_files(Path(name), name, failures)
+
+
+def _entry_files(entry: Path, shown: str, failures: list[tuple[str, str]]) -> Iterator[Path]:
+    if entry.is_dir():
+        names = sorted(item.name for item in os.scandir(entry)
+                       if item.is_file() and Path(item.name).suffix.lower() in IMAGE_SUFFIXES)
+        if not names:
+            failures.append((shown, f"folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"))
+        yield from (entry / name for name in names)
+    elif entry.is_file():
+        yield entry
+    else:
+        failures.append((shown, "no such file or folder"))
+
+
 def predict(
     segmenter: BatchedSegmenter,
     inputs: Sequence[str | Path],
@@ -84,38 +126,89 @@ def predict(
     output: Path,
     threshold: float | None = None,
     write_overlay: bool = False,
-) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Segment every image of `inputs` under every prompt (any backend's segmenter); returns
-    (written files, failures). `output/index.csv` lists what was written."""
+    input_list: Path | None = None,
+    model_id: str = "",
+    overwrite: bool = False,
+) -> PredictResult:
+    """Segment every image of `inputs` (and `input_list`) under every prompt, with any backend's segmenter.
+
+    Under `accelerate launch` each process takes its share of the photos (`distributed.owns`) and journals
+    its rows in a shard, which the main process folds into `output/index.csv` at the end (and at the start,
+    for a run that was killed). A (photo, prompt) pair whose mask the index says was written by the same
+    model (`model_id`, a fingerprint), threshold and backend is skipped unless `overwrite`; a mask from
+    another one is redone, never kept."""
     prompts = list(dict.fromkeys(prompts))
     output = Path(output)
-    slugs = avoid_taken_names(prompt_slugs(prompts), read_index(output))
-    files, failures = image_files(inputs)
-    output.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    index: list[dict[str, str]] = []
-    stems: dict[str, str] = {}
-    images = loaded_images(files, failures)
+    rank, size = distributed.world()
+    if distributed.is_main_process():
+        output.mkdir(parents=True, exist_ok=True)
+        merge_index_shards(output)  # rows of a run that was killed before it could fold them in
+    distributed.wait_for_everyone()
+    index = read_index(output)
+    slugs = avoid_taken_names(prompt_slugs(prompts), index)
+    provenance = {"model": model_id, "threshold": repr(segmenter.threshold if threshold is None else float(threshold)),
+                  "backend": segmenter.backend}
+    result, stems = PredictResult(), {}
+    mine = (path for path in iter_image_files(inputs, result.failures, input_list) if distributed.owns(path, rank, size))
+    total = sum(1 for path in iter_image_files(inputs, [], input_list) if distributed.owns(path, rank, size))
+    shard = IndexShard(output, rank)
     try:
-        with tqdm(total=len(files), desc="segmenting", unit="image") as progress:
-            while chunk := [item for _, item in zip(range(segmenter.batch_size), images)]:
-                kept = []
-                for path, image in chunk:
-                    if image is None:
-                        continue
-                    if clash := claim_stem(path, stems):  # same stem from another folder
-                        failures.append((str(path), clash))
-                    else:
-                        kept.append((path, image))
-                results = segmenter.iter_segment([image for _, image in kept], prompts, threshold) if kept else []
-                for (path, image), result in zip(kept, results):
-                    for prompt, mask in result.masks.items():
-                        index.append(_write(output, path, image, prompt, mask, slugs, write_overlay, written))
+        with tqdm(total=total, desc="segmenting" if size == 1 else f"segmenting ({rank + 1}/{size})",
+                  unit="image") as progress:
+            while chunk := list(itertools.islice(mine, segmenter.batch_size)):
+                work = _pending_work(chunk, prompts, slugs, index, provenance, output, write_overlay, overwrite,
+                                     result, stems)
+                images = [(path, image, todo) for (path, todo), (_, image) in
+                          zip(work, loaded_images([path for path, _ in work], result.failures)) if image is not None]
+                segmented = segmenter.iter_segment([image for _, image, _ in images], prompts, threshold) if images else []
+                rows = [_write(output, path, image, prompt, result_.masks[prompt], slugs, write_overlay, result.written)
+                        | provenance for (path, image, todo), result_ in zip(images, segmented) for prompt in todo]
+                shard.append(rows)
                 progress.update(len(chunk))
     finally:  # what was written stays listed, even when a later image stops the call
-        if index:
-            update_index(output, index)
-    return written, failures
+        shard.close()
+        if size == 1:
+            merge_index_shards(output)
+    distributed.wait_for_everyone()
+    if size > 1 and distributed.is_main_process():
+        merge_index_shards(output)
+    return result
+
+
+def _pending_work(chunk: list[Path], prompts: list[str], slugs: dict[str, str], index: dict[str, dict[str, str]],
+                  provenance: dict[str, str], output: Path, write_overlay: bool, overwrite: bool,
+                  result: PredictResult, stems: dict[str, str]) -> list[tuple[Path, list[str]]]:
+    """(photo, its prompts still to do) for the photos of `chunk` with anything to do; stem clashes go to failures."""
+    work = []
+    for path in chunk:
+        if clash := claim_stem(path, stems):  # same stem from another folder (it is dealt to this process too)
+            result.failures.append((str(path), clash))
+            continue
+        todo = []
+        for prompt in prompts:
+            row = index.get(mask_file_name(path, prompt, slugs))
+            state = _done_state(row, path, prompt, provenance, output, write_overlay)
+            if state == "done" and not overwrite:
+                result.skipped += 1
+                continue
+            result.redone += state == "other"
+            todo.append(prompt)
+        if todo:
+            work.append((path, todo))
+    return work
+
+
+def _done_state(row: dict[str, str] | None, path: Path, prompt: str, provenance: dict[str, str], output: Path,
+                write_overlay: bool) -> str:
+    """"done" (this image and prompt, by this model, threshold and backend, files present), "other" (by
+    another model, threshold or backend) or "new"."""
+    if row is None or row["image"] != str(path) or row["prompt"] != prompt or not (output / row["mask"]).is_file():
+        return "new"
+    if any(row.get(key) != value for key, value in provenance.items()):
+        return "other"
+    if write_overlay and not (row.get("overlay") and (output / row["overlay"]).is_file()):
+        return "new"
+    return "done"
 
 
 def _write(output: Path, path: Path, image: Image.Image, prompt: str, mask: np.ndarray,
@@ -138,11 +231,15 @@ def write_mask(output: Path, path: Path, image: Image.Image, prompt: str, mask: 
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m clipseg_drywall.predict", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    parser.add_argument("--input_list", type=Path, help="a text file of image files and/or folders, one per line")
     parser.add_argument("--prompt", action="append", required=True, help="a text prompt (repeatable)")
     parser.add_argument("--output", required=True, type=Path, help="folder for the mask PNGs and index.csv")
     add_segmenter_arguments(parser)
     parser.add_argument("--overlay", action="store_true", help="also write each mask over its image as a JPEG")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every (photo, prompt) pair, also those the folder already holds from this model "
+                             "and threshold (by default they are skipped: a re-run resumes)")
     return parser
 
 
@@ -166,8 +263,13 @@ def check_call(args: argparse.Namespace) -> None:
         check_threshold(args.threshold)
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
-    files, failures = image_files(args.inputs)
-    if not files:  # with some images left, the failed inputs are reported at the end instead
+    if not args.inputs and getattr(args, "input_list", None) is None:
+        raise ValueError("no input: give image files or folders, or --input_list FILE")
+    if getattr(args, "input_list", None) is not None and not args.input_list.is_file():
+        raise FileNotFoundError(f"--input_list {args.input_list}: no such file")
+    failures: list[tuple[str, str]] = []
+    if next(iter_image_files(args.inputs, failures, getattr(args, "input_list", None)), None) is None:
+        # with some images left, the failed inputs are reported at the end instead
         raise FileNotFoundError("nothing to segment: " + "; ".join(f"{name}: {why}" for name, why in failures))
     check_writable_folder(args.output, "--output")
     check_model_source(args.model, "--model")
@@ -178,12 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         check_call(args)
         segmenter = load_segmenter(args.model, args.backend, threshold=args.threshold, batch_size=args.batch_size,
-                                   device=args.device, speed_options=args.speed)
-        written, failures = predict(segmenter, args.inputs, args.prompt, args.output, write_overlay=args.overlay)
-    print(f"wrote {len(written)} files and index.csv to {args.output} (threshold {segmenter.threshold})")
-    if failures:
-        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for name, why in failures:
+                                   device=args.device or distributed.launched_device(), speed_options=args.speed,
+                                   num_threads=distributed.cpu_threads_per_process())
+        result = predict(segmenter, args.inputs, args.prompt, args.output, write_overlay=args.overlay,
+                         input_list=args.input_list, model_id=model_fingerprint(args.model), overwrite=args.overwrite)
+    rank, size = distributed.world()
+    who = "" if size == 1 else f"process {rank + 1}/{size}: "
+    print(f"{who}wrote {len(result.written)} files to {args.output} (threshold {segmenter.threshold}); skipped "
+          f"{result.skipped} (photo, prompt) pairs already done by this model and threshold; redid {result.redone} "
+          f"written by another model, threshold or backend" + ("; index.csv lists them all" if rank == 0 else ""))
+    if result.failures:
+        print(f"{who}{len(result.failures)} input(s) failed:", file=sys.stderr)
+        for name, why in result.failures:
             print(f"  {name}: {why}", file=sys.stderr)
         return 1
     return 0

@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPSegConfig
 
+from . import distributed
 from .arguments import EvaluationArguments, parse_arguments
 from .backends import load_segmenter
 from .cli import check_model_source, user_errors
@@ -62,29 +63,42 @@ FIGURE_FILE = "best_worst.png"
 
 @dataclass
 class ScoredSplit:
-    """One pass over a split: canonical-prompt logits (for masks), and the statistics of every pair."""
+    """One pass over a split (or a process's share of it): the statistics of every pair, no logits kept."""
 
-    logits: list[torch.Tensor] = field(default_factory=list)  # (len(TASKS), h, w) per image, canonical prompts
-    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each image
     tasks: list[str] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)  # image_id, made unique
+    names: list[str] = field(default_factory=list)  # image_id, made unique over the whole split
     statistics: ImageStatistics | None = None  # per image: own canonical prompt, then the other task's
     per_prompt: dict[str, ImageStatistics] = field(default_factory=dict)  # prompt -> its task's images
 
-    def native(self, index: int) -> torch.Tensor:
-        """Probabilities (len(TASKS), height, width) of image `index` at its size."""
-        return native_probabilities(self.logits[index], self.sizes[index])
+    @classmethod
+    def concatenate(cls, parts: Sequence[ScoredSplit], thresholds: Sequence[float]) -> ScoredSplit:
+        """The shares of the processes, in process order, as one split (one process's result, exactly)."""
+        prompts = list(dict.fromkeys(p for part in parts for p in part.per_prompt))
+        return cls(tasks=[t for part in parts for t in part.tasks], names=[n for part in parts for n in part.names],
+                   statistics=ImageStatistics.concatenate([part.statistics for part in parts], thresholds),
+                   per_prompt={p: ImageStatistics.concatenate([part.per_prompt[p] for part in parts if p in part.per_prompt],
+                                                              thresholds) for p in prompts})
 
 
-def _unique_name(image_id: str, seen: set[str], index: int) -> str:
-    name = image_id if Path(image_id).stem not in seen else f"{Path(image_id).stem}-{index}"
-    seen.add(Path(name).stem)
-    return name
+def unique_names(image_ids: Sequence[str]) -> list[str]:
+    """Each image's file name for its masks: its image_id, or `<stem>-<row>` after a repeated stem."""
+    seen: set[str] = set()
+    names = []
+    for index, image_id in enumerate(image_ids):
+        name = image_id if Path(image_id).stem not in seen else f"{Path(image_id).stem}-{index}"
+        seen.add(Path(name).stem)
+        names.append(name)
+    return names
 
 
 def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thresholds: Sequence[float],
-                      robustness: bool, desc: str) -> ScoredSplit:
-    """Segment every image under every prompt needed (one vision pass) and score each pair at once."""
+                      robustness: bool, desc: str, masks: tuple[float, Path] | None = None,
+                      rows: Sequence[int] | None = None) -> ScoredSplit:
+    """Segment every image (of `rows`, default all) under every prompt needed (one vision pass) and score each
+    pair at once; with `masks` = (threshold, folder), also write the canonical prompts' masks as it goes.
+
+    Under `accelerate launch` each process takes a contiguous share of the rows, and the shares are
+    gathered in process order (`gather_scores`), so the statistics are those of one process."""
     canonical = [canonical_prompt(t) for t in TASKS]
     extra = [p for t in TASKS for p in robustness_prompts(t) if p not in canonical] if robustness else []
     prompts = canonical + extra
@@ -93,40 +107,49 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
     per_prompt: dict[str, list[ImageStatistics]] = {p: [] for p in prompts if robustness}
     scored_prompts = {t: [(i, p) for i, p in enumerate(prompts) if robustness and p in robustness_prompts(t)]
                       for t in TASKS}
-    seen: set[str] = set()
-    columns = split.select_columns(["image", "mask", "task", "image_id"])
-    with tqdm(total=len(split), desc=desc, unit="image") as progress:
-        for batch in columns.iter(batch_size=batch_size):
+    names = unique_names(split["image_id"])  # over the whole split: a share names its images as one process does
+    rows = list(range(len(split))) if rows is None else list(rows)
+    columns = split.select_columns(["image", "mask", "task"]).select(rows)
+    with tqdm(total=len(rows), desc=desc, unit="image") as progress:
+        for start, batch in zip(range(0, len(rows), batch_size), columns.iter(batch_size=batch_size)):
             images = [load_image(image) for image in batch["image"]]
             logits = torch.as_tensor(segmenter.logits(images, prompts)).float().cpu()  # onnx: a numpy array
-            for image, image_logits, mask, task, image_id in zip(images, logits, batch["mask"], batch["task"],
-                                                                 batch["image_id"]):
-                size = (image.height, image.width)
+            for row, image, image_logits, mask, task in zip(rows[start:], images, logits, batch["mask"], batch["task"]):
                 target = torch.from_numpy(np.asarray(mask.convert("L")) > 127)
-                probabilities = native_probabilities(image_logits, size)
+                probabilities = native_probabilities(image_logits, (image.height, image.width))
                 own, other = TASKS.index(task), TASKS.index(other_task(task))
                 parts.append(image_statistics([probabilities[own], probabilities[other]],
                                               [target, torch.zeros_like(target)], [own, own], [False, True], thresholds))
                 for index, prompt in scored_prompts[task]:
                     per_prompt[prompt].append(image_statistics([probabilities[index]], [target], [own], [False],
                                                                thresholds))
-                out.logits.append(image_logits[: len(TASKS)].clone())
-                out.sizes.append(size)
+                if masks is not None:
+                    write_masks(probabilities[: len(TASKS)], names[row], *masks)
                 out.tasks.append(task)
-                out.names.append(_unique_name(image_id, seen, len(out.names)))
+                out.names.append(names[row])
             progress.update(len(images))
     out.statistics = ImageStatistics.concatenate(parts, thresholds)
     out.per_prompt = {p: ImageStatistics.concatenate(v, thresholds) for p, v in per_prompt.items() if v}
     return out
 
 
-def write_masks(scored: ScoredSplit, threshold: float, masks_dir: Path) -> None:
-    """One {0,255} PNG per (image, canonical prompt), at the image's size."""
+def write_masks(probabilities: torch.Tensor, name: str, threshold: float, masks_dir: Path) -> None:
+    """One {0,255} PNG per canonical prompt of one image, from its native-size probabilities."""
     masks_dir.mkdir(parents=True, exist_ok=True)
-    for index, name in enumerate(tqdm(scored.names, desc="writing masks", unit="image")):
-        masks = (scored.native(index) > threshold).to(torch.uint8).mul_(255).numpy()
-        for task, mask in zip(TASKS, masks):
-            save_mask(mask, masks_dir / mask_file_name(name, canonical_prompt(task)))
+    for task, mask in zip(TASKS, (probabilities > threshold).to(torch.uint8).mul_(255).numpy()):
+        save_mask(mask, masks_dir / mask_file_name(name, canonical_prompt(task)))
+
+
+def score_split(segmenter: BatchedSegmenter, split, batch_size: int, thresholds: Sequence[float], robustness: bool,
+                desc: str, masks: tuple[float, Path] | None = None) -> ScoredSplit:
+    """`segment_and_score` over this process's share of the split, gathered: every process gets the whole."""
+    rank, size = distributed.world()
+    if size == 1:
+        return segment_and_score(segmenter, split, batch_size, thresholds, robustness, desc, masks)
+    share = distributed.contiguous_share(len(split))
+    scored = segment_and_score(segmenter, split, batch_size, thresholds, robustness, f"{desc} ({rank + 1}/{size})",
+                               masks, rows=share)
+    return ScoredSplit.concatenate(distributed.gather_objects(scored), thresholds)
 
 
 def per_image_records(scored: ScoredSplit, threshold: float) -> list[dict]:
@@ -201,8 +224,8 @@ def choose_threshold(args: EvaluationArguments, segmenter: BatchedSegmenter, dat
                          "--calibration_split (or 'none'), or --allow_calibration_on_scored_split to accept an "
                          "optimistic score, which metrics.json and the card will then label")
     rows = select_split(dataset, args.calibration_split, args.dataset_source, args.max_samples)
-    scored = segment_and_score(segmenter, rows, args.batch_size, SWEEP, robustness=False,
-                               desc=f"calibrating on {args.calibration_split}")
+    scored = score_split(segmenter, rows, args.batch_size, SWEEP, robustness=False,
+                         desc=f"calibrating on {args.calibration_split}")
     table = sweep(scored.statistics)
     threshold = best_threshold(table, segmenter.threshold)
     return threshold, {"source": f"sweep on {args.calibration_split}", "split": args.calibration_split,
@@ -230,18 +253,18 @@ def evaluate_model(args: EvaluationArguments) -> dict:
     split = select_split(dataset, split_name, args.dataset_source, args.max_samples)
     if len(split) == 0:
         raise ValueError(f"split {split_name!r} of {args.dataset_source} is empty")
-    segmenter = load_segmenter(args.model_path, args.backend, batch_size=args.batch_size, device=args.device,
-                               speed_options=args.speed_options)
+    segmenter = load_segmenter(args.model_path, args.backend, batch_size=args.batch_size,
+                               device=args.device or distributed.launched_device(), speed_options=args.speed_options,
+                               num_threads=distributed.cpu_threads_per_process())
     threshold, calibration = choose_threshold(args, segmenter, dataset, split_name)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    scored = segment_and_score(segmenter, split, args.batch_size, thresholds_with(threshold),
-                               args.prompt_robustness, desc=f"scoring {split_name}")
-    write_masks(scored, threshold, output_dir / "masks")
+    # each process writes the masks of its share as it scores them; the statistics are gathered
+    scored = score_split(segmenter, split, args.batch_size, thresholds_with(threshold), args.prompt_robustness,
+                         desc=f"scoring {split_name}", masks=(threshold, output_dir / "masks"))
     tasks, fidelity = task_summary(scored.statistics, threshold, args.bootstrap_resamples)
     records = per_image_records(scored, threshold)
-    write_per_image_csv(records, output_dir / PER_IMAGE_FILE)
     leakage = dataset_leakage(args, split_name)
     metrics = {
         "model": str(args.model_path),
@@ -258,6 +281,9 @@ def evaluate_model(args: EvaluationArguments) -> dict:
         "prompts": prompt_table(scored.per_prompt, threshold) if scored.per_prompt else None,
         "per_image": PER_IMAGE_FILE,
     }
+    if not distributed.is_main_process():
+        return metrics  # the main process writes what the gathered statistics give
+    write_per_image_csv(records, output_dir / PER_IMAGE_FILE)
     if args.latency_images > 0 and args.backend == "torch":  # the footprint counts torch parameters and memory
         images = [load_image(image) for image in split.select(range(min(args.latency_images, len(split))))["image"]]
         prompts = [canonical_prompt(t) for t in TASKS]
@@ -331,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(argv):
         (args,) = parse_arguments((EvaluationArguments,), argv)
         metrics = evaluate_model(args)
+    if not distributed.is_main_process():
+        return 0
     print(format_metrics(metrics))
     print(f"wrote {Path(args.output_dir) / METRICS_FILE} and {Path(args.output_dir) / PER_IMAGE_FILE}")
     return 0

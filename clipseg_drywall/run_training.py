@@ -24,6 +24,7 @@ from .arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments, 
 from .cli import check_model_source, user_errors
 from .collator import CLIPSegCollator, resize_images
 from .data import check_saved_dataset, load_train_eval_splits
+from .distributed import cpu_threads_per_process
 from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
 from .footprint import device_name
 from .model_card import BASE_MODEL_KEY, hub_id_of, write_model_card
@@ -85,12 +86,6 @@ def load_processor(model_args: ModelArguments) -> CLIPSegProcessor:
 
 def parse_training_arguments(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, CLIPSegTrainingArguments]:
     return parse_arguments((ModelArguments, DataArguments, CLIPSegTrainingArguments), argv)
-
-
-def cpu_threads_per_process() -> int:
-    """The cores this process may use: those it is allowed to run on, shared by the processes of this machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def use_every_core(training_args: CLIPSegTrainingArguments) -> None:

@@ -64,6 +64,7 @@ class BatchedSegmenter:
     prefilled) and implements the model calls below.
     """
 
+    backend: str  # "torch" | "onnx": recorded beside each mask predict writes
     threshold: float
     batch_size: int
     _embeddings: dict

@@ -1,0 +1,157 @@
+"""predict split across processes (`accelerate launch`, two CPU processes over gloo), resuming, --input_list.
+
+Real photos from ../shared, the tiny random model: what is checked is the bookkeeping (which process
+does which photo, the merged index, what a re-run skips or redoes), byte for byte against one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipseg_drywall.distributed import owns
+from clipseg_drywall.outputs import INDEX_FILE, SHARD_GLOB
+
+from .conftest import CRACKS, REPO, requires_shared
+
+pytestmark = requires_shared
+
+PROMPTS = ["--prompt", "segment crack", "--prompt", "segment taping area"]
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "clipseg_drywall.predict"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """12 real validation photos in one folder."""
+    folder = tmp_path_factory.mktemp("photos")
+    for path in sorted((CRACKS / "valid" / "images").glob("*.jpg"))[:12]:
+        shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+def _predict(arguments: list[str], launch: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = launch or [sys.executable, "-m", "clipseg_drywall.predict"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same kernels in every process of both runs
+    return subprocess.run([*command, *arguments], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def test_photos_are_dealt_once_and_same_stems_meet():
+    paths = [Path(f"folder{i % 3}/IMG_{i:04d}.jpg") for i in range(200)]
+    shares = [[p for p in paths if owns(p, rank, 2)] for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == sorted(paths) and not set(shares[0]) & set(shares[1])
+    assert 60 < len(shares[0]) < 140  # roughly even
+    assert owns(Path("a/IMG_0001.jpg"), 0, 2) == owns(Path("b/IMG_0001.png"), 0, 2)  # a clash is seen by one process
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes(tiny_model_dir, photos, tmp_path):
+    common = [str(photos), "--model", str(tiny_model_dir), *PROMPTS, "--batch_size", "1", "--threshold", "0.5"]
+    one = _predict([*common, "--output", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _predict([*common, "--output", str(tmp_path / "two")], LAUNCH)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "process 1/2: wrote" in two.stdout and "process 2/2: wrote" in two.stdout
+    expected = _files(tmp_path / "one")
+    assert len(expected) == 2 * 12 + 1 and _files(tmp_path / "two") == expected  # masks and index.csv, byte for byte
+    assert not list((tmp_path / "two").glob(SHARD_GLOB))
+
+
+KILL_AFTER_MASKS = """
+import os, signal, sys, runpy
+from clipseg_drywall import outputs
+save_mask, count = outputs.save_mask, [0]
+def dying_save_mask(mask, target):
+    path = save_mask(mask, target)
+    count[0] += 1
+    if count[0] == int(os.environ["KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+outputs.save_mask = dying_save_mask
+import clipseg_drywall.predict as predict
+predict.save_mask = dying_save_mask
+sys.argv = ["predict", *sys.argv[1:]]
+sys.exit(predict.main())
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_outputs(tiny_model_dir, photos, tmp_path):
+    common = [str(photos), "--model", str(tiny_model_dir), *PROMPTS, "--batch_size", "2", "--overlay"]
+    straight = _predict([*common, "--output", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
+    run = subprocess.run([sys.executable, "-c", KILL_AFTER_MASKS, *common, "--output", str(killed)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "KILL_AFTER": "9"})
+    assert run.returncode == -9, run.stderr[-3000:]
+    assert not (killed / INDEX_FILE).exists() and len(list(killed.glob(SHARD_GLOB))) == 1  # the journal survived
+    again = _predict([*common, "--output", str(killed)])
+    assert again.returncode == 0, again.stderr[-3000:]
+    # batch 2: the kill came during photo 5 (its first mask, the 9th); photos 1-4 (8 pairs) were journaled
+    assert "skipped 8 (photo, prompt) pairs" in again.stdout and "redid 0" in again.stdout
+    assert _files(killed) == _files(tmp_path / "straight") and not list(killed.glob(SHARD_GLOB))
+
+
+@pytest.mark.slow
+def test_a_resume_with_another_threshold_redoes_every_mask(tiny_model_dir, photos, tmp_path):
+    common = [str(photos), "--model", str(tiny_model_dir), *PROMPTS, "--output", str(tmp_path)]
+    assert _predict([*common, "--threshold", "0.5"]).returncode == 0
+    same = _predict([*common, "--threshold", "0.5"])
+    assert "wrote 0 files" in same.stdout and "skipped 24" in same.stdout, same.stdout
+    other = _predict([*common, "--threshold", "0.4"])
+    assert "wrote 24 files" in other.stdout and "skipped 0" in other.stdout and "redid 24" in other.stdout
+    with open(tmp_path / INDEX_FILE, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 24 and {row["threshold"] for row in rows} == {"0.4"} and {row["backend"] for row in rows} == {"torch"}
+    forced = _predict([*common, "--threshold", "0.4", "--overwrite"])
+    assert "wrote 24 files" in forced.stdout and "skipped 0" in forced.stdout
+
+
+def test_input_list_reports_bad_lines_and_segments_the_rest(tiny_model_dir, photos, tmp_path, capsys):
+    from clipseg_drywall.predict import main
+
+    names = sorted(photos.iterdir())[:2]
+    listing = tmp_path / "photos.txt"
+    listing.write_text(f"{names[0]}\n\n{tmp_path / 'missing.jpg'}\n{names[1]}\n   \n")
+    code = main(["--input_list", str(listing), "--model", str(tiny_model_dir), "--prompt", "segment crack",
+                 "--output", str(tmp_path / "out")])
+    assert code == 1  # some inputs failed; the rest are segmented
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"{n.stem}__segment-crack.png" for n in names]
+    err = capsys.readouterr().err
+    assert f"{listing} line 2: empty line" in err and f"{listing} line 5: empty line" in err
+    assert f"{tmp_path / 'missing.jpg'}: no such file or folder" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--input_list", str(tmp_path / "nope.txt"), "--model", str(tiny_model_dir), "--prompt", "crack",
+              "--output", str(tmp_path / "out2")])
+    assert exit_.value.code == 2 and not (tmp_path / "out2").exists()
+    assert "error: --input_list" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_over_two_processes_gives_the_metrics_of_one(tiny_model_dir, tiny_disjoint_dir, tmp_path):
+    """Each process scores a block of the rows and writes its masks; the gathered per-image counts give the
+    same metrics.json, per_image.csv and masks as one process (batch 1: the same kernels for every image)."""
+    common = ["--model_path", str(tiny_model_dir), "--dataset_path", str(tiny_disjoint_dir), "--batch_size", "1",
+              "--latency_images", "0", "--figure_cases", "1"]
+    evaluate = ["evaluate.py", *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *evaluate, "--output_dir", str(tmp_path / "one")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*LAUNCH[:-2], *evaluate, "--output_dir", str(tmp_path / "two")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("mIoU") == one.stdout.count("mIoU") > 0  # one summary, from the main process
+    for name in ("metrics.json", "per_image.csv"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    assert _files(tmp_path / "two" / "masks") == _files(tmp_path / "one" / "masks")

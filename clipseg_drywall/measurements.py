@@ -27,6 +27,8 @@ from skimage.graph import pixel_graph
 from skimage.measure import label
 from skimage.morphology import skeletonize
 
+from .metrics import as_bool
+
 # Band edges in mm: below 0.1 hairline, 0.1-0.3 fine, 0.3-0.7 medium, 0.7 and up wide. These follow the
 # hairline / fine / medium / wide bands inspection manuals give for concrete (hairline: barely visible,
 # about 0.1 mm); no standard sets them for gypsum board, so a site's own are one flag away (--severity_bands).
@@ -48,19 +50,14 @@ class Measurement:
         return asdict(self)
 
 
-def foreground(mask: np.ndarray) -> np.ndarray:
-    """The boolean foreground of a {0, 255} (or any non-zero) mask."""
-    return np.asarray(mask) > 0
-
-
 def coverage(mask: np.ndarray) -> float:
     """The share of the image's pixels in the foreground, 0 to 1."""
-    return float(foreground(mask).mean()) if np.asarray(mask).size else 0.0
+    return float(as_bool(mask).mean()) if np.asarray(mask).size else 0.0
 
 
 def count_regions(mask: np.ndarray) -> int:
     """How many separate 8-connected foreground regions the mask holds."""
-    return int(label(foreground(mask), connectivity=2).max())
+    return int(label(as_bool(mask), connectivity=2).max())
 
 
 def skeleton_length(skeleton: np.ndarray) -> float:
@@ -79,7 +76,7 @@ def widths_along(mask: np.ndarray, skeleton: np.ndarray) -> np.ndarray:
 
 def measure(mask: np.ndarray, crack: bool = False) -> Measurement:
     """Coverage and regions of any mask; with `crack`, also the skeleton length and largest and mean width."""
-    binary = foreground(mask)
+    binary = as_bool(mask)  # the package's one foreground rule (metrics)
     found = Measurement(coverage=coverage(binary), regions=count_regions(binary))
     if not crack:
         return found

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ from .backends import load_segmenter
 from .cli import ArgumentParser, user_errors
 from .findings import DEFAULT_FLAG_RULES, check_flag_rules, finding_row, is_crack_prompt, write_findings
 from .measurements import SEVERITY_EDGES_MM, check_severity_edges, measure
-from .outputs import atomic_path, claim_stem, prompt_slugs, save_image
+from .outputs import atomic_path, claim_stem, model_fingerprint, prompt_slugs, save_image
 from .predict import add_segmenter_arguments, image_files, loaded_images, write_mask
 from .predict import check_call as check_segmentation_call
 from .prompts import CANONICAL_PROMPTS
@@ -56,7 +55,6 @@ OWN_FILES = (RUN_FILE, JOURNAL_FILE, PAGE_FILE, "findings.csv", "findings.jsonl"
 OWN_FOLDERS = (MASKS_DIR, THUMBS_DIR)
 DEFAULT_PROMPTS = list(CANONICAL_PROMPTS.values())
 THUMBNAIL_SIDE = 240
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".npz", ".json")
 # The arguments a report folder is tied to, with the flag that sets each (named when they differ).
 ARGUMENT_FLAGS = {"inputs": "PHOTOS", "model": "--model", "model_fingerprint": "--model (its files changed)",
                   "backend": "--backend", "prompts": "--prompt", "threshold": "--threshold",
@@ -84,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--flag", action="append", metavar="RULE",
                         help="when a (photo, prompt) is flagged, '[PROMPT_OR_TASK:] METRIC >|>= VALUE[UNIT]', "
                              "METRIC: coverage (%%), regions, length, max_width, mean_width (px or mm); repeatable, "
-                             f"any rule that holds flags (default: {' ; '.join(DEFAULT_FLAG_RULES)})")
+                             f"any rule that holds flags (default: {' ; '.join(DEFAULT_FLAG_RULES).replace('%', '%%')})")
     parser.add_argument("--severity_bands", default=",".join(f"{edge:g}" for edge in SEVERITY_EDGES_MM),
                         metavar="MM,MM,MM", help="upper edges of hairline, fine and medium in mm; wider is wide "
                                                  "(default: %(default)s)")
@@ -108,20 +106,6 @@ def check_call(args: argparse.Namespace) -> dict:
             "model_fingerprint": model_fingerprint(args.model), "backend": args.backend, "prompts": args.prompt,
             "threshold": args.threshold, "batch_size": args.batch_size, "device": args.device, "speed": args.speed,
             "mm_per_pixel": args.mm_per_pixel, "flag": rules, "severity_bands": list(edges)}
-
-
-def model_fingerprint(model: str) -> str:
-    """SHA-256 of a local model folder's weights and configs (a Hub id stands for itself)."""
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        return f"hub:{model}"
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def differences(saved: dict, arguments: dict) -> list[str]:
@@ -185,10 +169,10 @@ class Journal:
         with open(self.path, "rb") as handle:
             for line in handle:
                 try:
-                    entry = json.loads(line)
+                    entry = json.loads(line) if line.endswith(b"\n") else None
                 except ValueError:
-                    break
-                if not line.endswith(b"\n"):
+                    entry = None
+                if entry is None:  # written in part when the run was killed: that photo is done again
                     break
                 entries[entry["photo"]] = entry
                 good_bytes += len(line)

@@ -11,6 +11,10 @@ model's calibrated one unless --threshold), measures each mask (`measurements`),
   masks/           <photo stem>__<prompt slug>.png and ..._overlay.jpg, as predict names them
   thumbs/          the overlays' thumbnails the page shows
   run.json         the arguments and the model's fingerprint; journal.jsonl: one line per finished photo
+                   (journal-N.jsonl: process N's, under accelerate launch)
+
+`accelerate launch -m clipseg_drywall.report ...` splits the photos between its processes (GPUs, or
+shares of the CPU cores); the findings are those of one process.
 
 A run that stops (killed, power cut) goes on where it stopped when started again with the same
 arguments, and ends with the same findings; different arguments into the same folder are refused,
@@ -36,6 +40,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backends import load_segmenter
 from .cli import ArgumentParser, user_errors
 from .findings import DEFAULT_FLAG_RULES, check_flag_rules, finding_row, is_crack_prompt, write_findings
@@ -52,6 +57,7 @@ MASKS_DIR = "masks"
 PAGE_FILE = "index.html"
 # What --overwrite removes: only what this command writes, never anything else in the folder.
 OWN_FILES = (RUN_FILE, JOURNAL_FILE, PAGE_FILE, "findings.csv", "findings.jsonl")
+JOURNAL_GLOB = "journal*.jsonl"  # journal.jsonl, and journal-N.jsonl of process N of a launched run
 OWN_FOLDERS = (MASKS_DIR, THUMBS_DIR)
 DEFAULT_PROMPTS = list(CANONICAL_PROMPTS.values())
 THUMBNAIL_SIDE = 240
@@ -118,8 +124,8 @@ def prepare_folder(output: Path, arguments: dict, overwrite: bool) -> None:
     """Tie `output` to these arguments (run.json), or refuse a folder tied to others; --overwrite clears it first."""
     run_file = output / RUN_FILE
     if overwrite:
-        for name in OWN_FILES:
-            (output / name).unlink(missing_ok=True)
+        for path in [*(output / name for name in OWN_FILES), *output.glob(JOURNAL_GLOB)]:
+            path.unlink(missing_ok=True)
         for name in OWN_FOLDERS:
             shutil.rmtree(output / name, ignore_errors=True)
     elif run_file.is_file():
@@ -153,6 +159,16 @@ def photo_list(inputs: Sequence[str]) -> list[Photo]:
     stems: dict[str, str] = {}
     photos = [Photo(str(path), path, claim_stem(path, stems)) for path in files]
     return photos + [Photo(name, None, why) for name, why in failures]
+
+
+def journal_path(output: Path, rank: int) -> Path:
+    """Each process of a launched run journals in its own file; one process in journal.jsonl."""
+    return output / (JOURNAL_FILE if rank == 0 else JOURNAL_FILE.replace(".", f"-{rank}.", 1))
+
+
+def read_journals(output: Path) -> dict[str, dict]:
+    """{photo: entry} of every journal in the folder, whichever number of processes wrote them."""
+    return {photo: entry for path in sorted(output.glob(JOURNAL_GLOB)) for photo, entry in Journal(path).read().items()}
 
 
 class Journal:
@@ -224,16 +240,25 @@ def segment_chunk(segmenter, chunk: Sequence[Photo], prompts: Sequence[str], out
 
 
 def run_report(segmenter, photos: Sequence[Photo], prompts: Sequence[str], output: Path) -> dict[str, dict]:
-    """Segment and measure every photo the journal does not hold yet; returns {photo: journal entry}."""
-    (output / MASKS_DIR).mkdir(exist_ok=True)
-    (output / THUMBS_DIR).mkdir(exist_ok=True)
-    journal = Journal(output / JOURNAL_FILE)
-    done = journal.read()
+    """Segment and measure every photo no journal holds yet; returns {photo: journal entry} of the whole run.
+
+    Under `accelerate launch` process N takes every N-th batch (the batches keep their fixed positions, so a
+    photo meets the same numerics however many processes run) and journals in its own file; the main
+    process reads them all once every process is done."""
+    rank, size = distributed.world()
+    if distributed.is_main_process():
+        (output / MASKS_DIR).mkdir(exist_ok=True)
+        (output / THUMBS_DIR).mkdir(exist_ok=True)
+        read_journals(output)  # repairs a line a kill cut short, before any process reads
+    distributed.wait_for_everyone()
+    done = read_journals(output)
     slugs = prompt_slugs(prompts)
-    names = {photo.name for photo in photos}
-    with journal.appending() as append, tqdm(total=len(photos), initial=len(names & done.keys()),
-                                             desc="report", unit="photo") as progress:
-        for start in range(0, len(photos), segmenter.batch_size):
+    starts = range(rank * segmenter.batch_size, len(photos), size * segmenter.batch_size)
+    mine = {photo.name for start in starts for photo in photos[start:start + segmenter.batch_size]}
+    with Journal(journal_path(output, rank)).appending() as append, \
+            tqdm(total=len(mine), initial=len(mine & done.keys()), unit="photo",
+                 desc="report" if size == 1 else f"report ({rank + 1}/{size})") as progress:
+        for start in starts:
             chunk = photos[start:start + segmenter.batch_size]
             if all(photo.name in done for photo in chunk):
                 continue
@@ -241,7 +266,8 @@ def run_report(segmenter, photos: Sequence[Photo], prompts: Sequence[str], outpu
                 append(entry)
                 done[entry["photo"]] = entry
                 progress.update(1)
-    return done
+    distributed.wait_for_everyone()
+    return read_journals(output) if size > 1 else done
 
 
 def findings_rows(photos: Sequence[Photo], entries: dict[str, dict], arguments: dict) -> list[dict]:
@@ -302,11 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(argv):
         args = _parser().parse_args(argv)
         arguments = check_call(args)
-        prepare_folder(args.output, arguments, args.overwrite)
+        if distributed.is_main_process():
+            prepare_folder(args.output, arguments, args.overwrite)
+        distributed.wait_for_everyone()
         segmenter = load_segmenter(args.model, args.backend, threshold=args.threshold, batch_size=args.batch_size,
-                                   device=args.device, speed_options=args.speed)
+                                   device=args.device or distributed.launched_device(), speed_options=args.speed,
+                                   num_threads=distributed.cpu_threads_per_process())
         photos = photo_list(args.inputs)
         entries = run_report(segmenter, photos, args.prompt, args.output)
+        if not distributed.is_main_process():
+            return 0  # the main process writes the report from every process's journal
         rows = write_report(args.output, photos, entries, arguments, segmenter.threshold)
     skipped = sum(entries[photo.name]["status"] == "skipped" for photo in photos)
     flagged = len({row["photo"] for row in rows if row["flagged"]})

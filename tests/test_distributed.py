@@ -155,3 +155,20 @@ def test_evaluate_over_two_processes_gives_the_metrics_of_one(tiny_model_dir, ti
     for name in ("metrics.json", "per_image.csv"):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
     assert _files(tmp_path / "two" / "masks") == _files(tmp_path / "one" / "masks")
+
+
+@pytest.mark.slow
+def test_the_report_over_two_processes_finds_what_one_finds(tiny_model_dir, photos, tmp_path):
+    common = [str(photos), "--model", str(tiny_model_dir), "--threshold", "0.5", "--batch_size", "2"]
+    report = ["-m", "clipseg_drywall.report", *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *report, "--output", str(tmp_path / "one")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*LAUNCH[:-2], *report, "--output", str(tmp_path / "two")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two").glob("journal*.jsonl")) == ["journal-1.jsonl", "journal.jsonl"]
+    for name in ("findings.csv", "findings.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert _files(tmp_path / "two" / "masks") == _files(tmp_path / "one" / "masks")

@@ -21,6 +21,17 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+# Fixtures that build the whole real dataset (20-30 s each) or evaluate a model end to end through the
+# script (a minute): a test that uses one is `slow`, out of the quick loop (`-m "not slow"`).
+SLOW_FIXTURES = {"shared_build", "shared_layouts", "shared_dataset", "evaluated"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def tiny_config_dict() -> dict:
     """A CLIPSeg config small enough for CPU tests, with the real tokenizer's vocabulary size."""
     return {

@@ -137,21 +137,27 @@ def test_input_list_reports_bad_lines_and_segments_the_rest(tiny_model_dir, phot
     assert "error: --input_list" in capsys.readouterr().err
 
 
+def _one_and_two(job: list[str], output_flag: str, folder: Path) -> tuple[str, str]:
+    """Run `job` (script or -m module, with its arguments) as one process into folder/one, then launched
+    as two into folder/two; their standard outputs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = []
+    for name, launch in (("one", [sys.executable]), ("two", LAUNCH[:-2])):
+        run = subprocess.run([*launch, *job, output_flag, str(folder / name)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        outputs.append(run.stdout)
+    return outputs[0], outputs[1]
+
+
 @pytest.mark.slow
 def test_evaluate_over_two_processes_gives_the_metrics_of_one(tiny_model_dir, tiny_disjoint_dir, tmp_path):
     """Each process scores a block of the rows and writes its masks; the gathered per-image counts give the
     same metrics.json, per_image.csv and masks as one process (batch 1: the same kernels for every image)."""
-    common = ["--model_path", str(tiny_model_dir), "--dataset_path", str(tiny_disjoint_dir), "--batch_size", "1",
-              "--latency_images", "0", "--figure_cases", "1"]
-    evaluate = ["evaluate.py", *common]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *evaluate, "--output_dir", str(tmp_path / "one")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*LAUNCH[:-2], *evaluate, "--output_dir", str(tmp_path / "two")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("mIoU") == one.stdout.count("mIoU") > 0  # one summary, from the main process
+    one, two = _one_and_two(["evaluate.py", "--model_path", str(tiny_model_dir), "--dataset_path",
+                             str(tiny_disjoint_dir), "--batch_size", "1", "--latency_images", "0", "--figure_cases",
+                             "1"], "--output_dir", tmp_path)
+    assert two.count("mIoU") == one.count("mIoU") > 0  # one summary, from the main process
     for name in ("metrics.json", "per_image.csv"):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
     assert _files(tmp_path / "two" / "masks") == _files(tmp_path / "one" / "masks")
@@ -159,15 +165,8 @@ def test_evaluate_over_two_processes_gives_the_metrics_of_one(tiny_model_dir, ti
 
 @pytest.mark.slow
 def test_the_report_over_two_processes_finds_what_one_finds(tiny_model_dir, photos, tmp_path):
-    common = [str(photos), "--model", str(tiny_model_dir), "--threshold", "0.5", "--batch_size", "2"]
-    report = ["-m", "clipseg_drywall.report", *common]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *report, "--output", str(tmp_path / "one")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*LAUNCH[:-2], *report, "--output", str(tmp_path / "two")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    _one_and_two(["-m", "clipseg_drywall.report", str(photos), "--model", str(tiny_model_dir), "--threshold", "0.5",
+                  "--batch_size", "2"], "--output", tmp_path)
     assert sorted(p.name for p in (tmp_path / "two").glob("journal*.jsonl")) == ["journal-1.jsonl", "journal.jsonl"]
     for name in ("findings.csv", "findings.jsonl"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

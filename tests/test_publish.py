@@ -41,6 +41,7 @@ def test_only_safe_files_go_up(model_dir):
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth")) or "checkpoint-" in f or "optimizer" in f]
 
 
+@pytest.mark.slow
 def test_dry_run_lists_files_and_hides_token(model_dir):
     command = [sys.executable, "-m", "clipseg_drywall.publish", "--model_dir", str(model_dir),
                "--repo_id", "org/clipseg-drywall", "--dry_run"]
@@ -83,6 +84,7 @@ np.savez(sys.argv[3], **{k.replace(" ", "_"): v for k, v in masks.items()})
 """
 
 
+@pytest.mark.slow
 @requires_shared
 def test_offline_consumer_path_from_hub_cache(model_dir, tmp_path):
     """The published files laid out as a Hub cache entry load by repo id with HF_HUB_OFFLINE=1."""

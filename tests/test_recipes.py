@@ -52,6 +52,7 @@ def test_hub_ids_never_paths(tmp_path):
     assert hub_id_of(str(snapshot)) == "CIDAS/clipseg-rd64-refined"
 
 
+@pytest.mark.slow
 @requires_shared
 def test_a_relative_local_base_is_never_a_hub_id_on_the_card(tiny_model_dir, tiny_drywall_dir, tmp_path, monkeypatch):
     """train.py resolves the base where its relative path resolves; a card rendered from another folder
@@ -68,6 +69,7 @@ def test_a_relative_local_base_is_never_a_hub_id_on_the_card(tiny_model_dir, tin
     assert card.data.base_model is None and f"a local checkpoint ({tiny_model_dir.name})" in card.text
 
 
+@pytest.mark.slow
 @requires_shared
 @pytest.mark.parametrize("recipe", ["cidas-decoder-cached", "cidas-finetune", "cidas-lora"])
 def test_cidas_recipe_runs_two_steps_from_a_local_checkpoint(recipe, tiny_model_dir, tiny_drywall_dir, tmp_path):
@@ -94,6 +96,7 @@ def test_cidas_recipe_runs_two_steps_from_a_local_checkpoint(recipe, tiny_model_
     assert str(tiny_model_dir) not in card.text and "https://github.com/)" not in card.text
 
 
+@pytest.mark.slow
 @requires_shared
 def test_the_dataset_id_comes_from_the_run(tiny_model_dir, tiny_drywall_dir, tmp_path):
     output = tmp_path / "out"

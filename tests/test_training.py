@@ -135,6 +135,7 @@ def _disagreeing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: f
     return [name for name in a if (a[name] - b[name]).norm() > rtol * a[name].norm() + floor]
 
 
+@pytest.mark.slow
 def test_accumulation_matches_the_big_batch(tiny_config_dir, tiny_drywall_dir, tmp_path):
     big_loss, big = _sgd_updates(tiny_config_dir, tiny_drywall_dir, tmp_path / "big", per_device_train_batch_size=4)
     small_loss, small = _sgd_updates(tiny_config_dir, tiny_drywall_dir, tmp_path / "small",
@@ -149,6 +150,7 @@ def test_accumulation_matches_the_big_batch(tiny_config_dir, tiny_drywall_dir, t
     assert "decoder.transposed_convolution.4.bias" in moved and _disagreeing(big, wrong) == moved
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_with_the_same_logits(tiny_config_dir, tiny_drywall_dir, tmp_path):
     trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, max_steps=2, encoder_learning_rate=1e-3)
     trainer.train()
@@ -167,6 +169,7 @@ def test_saved_model_reloads_with_the_same_logits(tiny_config_dir, tiny_drywall_
     assert torch.allclose(trained, stock, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluation_reports_per_task_scores(tiny_config_dir, tiny_drywall_dir, tmp_path):
     trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, max_steps=2, eval_strategy="steps",
                        eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True)
@@ -239,6 +242,7 @@ def test_ddp_two_processes_match_one_with_double_batch(tiny_config_dir, tiny_dry
     CLIPSegForImageSegmentation.from_pretrained(tmp_path / "ddp")
 
 
+@pytest.mark.slow
 def test_accelerate_launch_cli_leaves_a_loadable_model(tiny_config_dir, tiny_drywall_dir, tmp_path):
     """The issue's acceptance command, verbatim apart from paths."""
     output = tmp_path / "out"

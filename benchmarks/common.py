@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +22,18 @@ def shared_dataset_path(path: Path) -> str:
         build_dataset(cracks=[SHARED / "data" / "cracks"], joints=[SHARED / "data" / "drywall-join-detect"],
                       seed=0).save_to_disk(str(path))
     return str(path)
+
+
+def fresh_train_subset(dataset_path: str | None, n_rows: int, work: Path):
+    """The first `n_rows` train rows (seeded shuffle) of `dataset_path` (default: the build of ../shared),
+    saved as `work/data` in an emptied `work` folder; returns them."""
+    import datasets
+
+    shutil.rmtree(work, ignore_errors=True)
+    train = datasets.load_from_disk(dataset_path or shared_dataset_path(REPO / "runs" / "dataset"))["train"]
+    rows = train.shuffle(seed=0).select(range(min(n_rows, len(train))))
+    datasets.DatasetDict(train=rows).save_to_disk(str(work / "data"))
+    return rows
 
 
 class StepClock(TrainerCallback):

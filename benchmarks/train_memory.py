@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import SHARED, StepClock, shared_dataset_path  # noqa: E402
+from benchmarks.common import SHARED, StepClock, fresh_train_subset  # noqa: E402
 
 CIDAS = SHARED / "clipseg-rd64-refined"
 VARIANTS = {  # name: (config, image size, training arguments, cached features)
@@ -165,12 +164,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args, work)), flush=True)
         return 0
-    import datasets
-
-    shutil.rmtree(work, ignore_errors=True)
-    train = datasets.load_from_disk(args.dataset_path or shared_dataset_path(REPO / "runs" / "dataset"))["train"]
-    rows = train.shuffle(seed=0).select(range(min(args.rows, len(train))))
-    datasets.DatasetDict(train=rows).save_to_disk(str(work / "data"))
+    rows = fresh_train_subset(args.dataset_path, args.rows, work)
     print(f"{len(rows)} rows, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps, "
           f"torch threads {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}", flush=True)
     results = {}

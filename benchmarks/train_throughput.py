@@ -20,17 +20,14 @@ Last line: `speedup_cached_vs_plain=<x> speedup_cached_vs_resized=<y> loss_max_r
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import datasets
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import SHARED, StepClock, shared_dataset_path  # noqa: E402
+from benchmarks.common import SHARED, StepClock, fresh_train_subset  # noqa: E402
 from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments  # noqa: E402
 from clipseg_drywall.feature_cache import FeatureCache, build_feature_cache  # noqa: E402
 from clipseg_drywall.run_training import build_trainer  # noqa: E402
@@ -99,10 +96,7 @@ def build_cache(args, work: Path) -> tuple[float, FeatureCache]:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     work = Path(args.output_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    train = datasets.load_from_disk(args.dataset_path or shared_dataset_path(REPO / "runs" / "dataset"))["train"]
-    rows = train.shuffle(seed=0).select(range(min(args.rows, len(train))))
-    datasets.DatasetDict(train=rows).save_to_disk(str(work / "data"))
+    rows = fresh_train_subset(args.dataset_path, args.rows, work)
     print(f"{len(rows)} train rows, config {args.config} at {args.image_size or 'processor'} px, batch {args.batch_size}, "
           f"{args.steps} steps ({args.warmup} untimed), frozen encoder", flush=True)
 

@@ -135,6 +135,7 @@ def test_statistics_agree_with_the_rows(shared_build):
     assert "196 of 202" in text and "skipped files: 0" in text
 
 
+@pytest.mark.slow
 def test_split_by_source_removes_the_leak():
     dataset, report = build(joints=[JOINTS], split_by_source=True, validation_ratio=0.2, test_ratio=0.1, seed=3)
     sources = {split: set(rows["source_id"]) for split, rows in dataset.items()}

@@ -42,6 +42,14 @@ def _predict(arguments: list[str], launch: list[str] | None = None, timeout: int
     return subprocess.run([*command, *arguments], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
 
+def _predict_here(arguments: list[str], capsys) -> str:
+    """predict in this process (no start-up cost); its standard output."""
+    from clipseg_drywall.predict import main
+
+    assert main(arguments) == 0, capsys.readouterr().err[-3000:]
+    return capsys.readouterr().out
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
@@ -86,35 +94,32 @@ sys.exit(predict.main())
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_outputs(tiny_model_dir, photos, tmp_path):
+def test_a_killed_run_resumes_to_the_same_outputs(tiny_model_dir, photos, tmp_path, capsys):
     common = [str(photos), "--model", str(tiny_model_dir), *PROMPTS, "--batch_size", "2", "--overlay"]
-    straight = _predict([*common, "--output", str(tmp_path / "straight")])
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    _predict_here([*common, "--output", str(tmp_path / "straight")], capsys)
     killed = tmp_path / "killed"
     run = subprocess.run([sys.executable, "-c", KILL_AFTER_MASKS, *common, "--output", str(killed)], cwd=REPO,
                          capture_output=True, text=True, timeout=300, env={**os.environ, "KILL_AFTER": "9"})
     assert run.returncode == -9, run.stderr[-3000:]
     assert not (killed / INDEX_FILE).exists() and len(list(killed.glob(SHARD_GLOB))) == 1  # the journal survived
-    again = _predict([*common, "--output", str(killed)])
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = _predict_here([*common, "--output", str(killed)], capsys)
     # batch 2: the kill came during photo 5 (its first mask, the 9th); photos 1-4 (8 pairs) were journaled
-    assert "skipped 8 (photo, prompt) pairs" in again.stdout and "redid 0" in again.stdout
+    assert "skipped 8 (photo, prompt) pairs" in again and "redid 0" in again
     assert _files(killed) == _files(tmp_path / "straight") and not list(killed.glob(SHARD_GLOB))
 
 
-@pytest.mark.slow
-def test_a_resume_with_another_threshold_redoes_every_mask(tiny_model_dir, photos, tmp_path):
+def test_a_resume_with_another_threshold_redoes_every_mask(tiny_model_dir, photos, tmp_path, capsys):
     common = [str(photos), "--model", str(tiny_model_dir), *PROMPTS, "--output", str(tmp_path)]
-    assert _predict([*common, "--threshold", "0.5"]).returncode == 0
-    same = _predict([*common, "--threshold", "0.5"])
-    assert "wrote 0 files" in same.stdout and "skipped 24" in same.stdout, same.stdout
-    other = _predict([*common, "--threshold", "0.4"])
-    assert "wrote 24 files" in other.stdout and "skipped 0" in other.stdout and "redid 24" in other.stdout
+    _predict_here([*common, "--threshold", "0.5"], capsys)
+    same = _predict_here([*common, "--threshold", "0.5"], capsys)
+    assert "wrote 0 files" in same and "skipped 24" in same, same
+    other = _predict_here([*common, "--threshold", "0.4"], capsys)
+    assert "wrote 24 files" in other and "skipped 0" in other and "redid 24" in other
     with open(tmp_path / INDEX_FILE, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 24 and {row["threshold"] for row in rows} == {"0.4"} and {row["backend"] for row in rows} == {"torch"}
-    forced = _predict([*common, "--threshold", "0.4", "--overwrite"])
-    assert "wrote 24 files" in forced.stdout and "skipped 0" in forced.stdout
+    forced = _predict_here([*common, "--threshold", "0.4", "--overwrite"], capsys)
+    assert "wrote 24 files" in forced and "skipped 0" in forced
 
 
 def test_input_list_reports_bad_lines_and_segments_the_rest(tiny_model_dir, photos, tmp_path, capsys):

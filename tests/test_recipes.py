@@ -52,7 +52,6 @@ def test_hub_ids_never_paths(tmp_path):
     assert hub_id_of(str(snapshot)) == "CIDAS/clipseg-rd64-refined"
 
 
-@pytest.mark.slow
 @requires_shared
 def test_a_relative_local_base_is_never_a_hub_id_on_the_card(tiny_model_dir, tiny_drywall_dir, tmp_path, monkeypatch):
     """train.py resolves the base where its relative path resolves; a card rendered from another folder

@@ -135,7 +135,6 @@ def _disagreeing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: f
     return [name for name in a if (a[name] - b[name]).norm() > rtol * a[name].norm() + floor]
 
 
-@pytest.mark.slow
 def test_accumulation_matches_the_big_batch(tiny_config_dir, tiny_drywall_dir, tmp_path):
     big_loss, big = _sgd_updates(tiny_config_dir, tiny_drywall_dir, tmp_path / "big", per_device_train_batch_size=4)
     small_loss, small = _sgd_updates(tiny_config_dir, tiny_drywall_dir, tmp_path / "small",

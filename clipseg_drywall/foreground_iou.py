@@ -9,7 +9,7 @@ averages the background class in):
     metric.compute()  # {"miou": .., "dice": .., "dataset_iou": .., "n_images": ..}
 
 A thin wrapper for people who use the `evaluate` API: the package itself scores through
-`clipseg_drywall.evaluation`, and both use the definitions of `clipseg_drywall.metrics`. Masks
+`clipseg_drywall.scoring`, and both use the definitions of `clipseg_drywall.metrics`. Masks
 may differ in size between images (each pair must match); `evaluate` stores them as PNG images
 (`datasets.Image`), so any {0,255} uint8 array, bool array or mode-L image is accepted.
 """

@@ -8,7 +8,7 @@ the background class in):
 - `dataset_iou`: intersections and unions summed over all images first.
 
 Everything is defined on pixel counts (intersection, predicted, target), so a score can be
-computed from the per-image statistics of `evaluation.py` without keeping any mask.
+computed from the per-image statistics of `scoring.py` without keeping any mask.
 """
 
 from __future__ import annotations

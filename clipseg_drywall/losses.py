@@ -25,14 +25,6 @@ def label_sizes(labels: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(heights, widths))
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per image of (B, H, W) logits and targets, shape (B,); `smooth` keeps an empty
-    target with an empty prediction near 0."""
-    probabilities = logits.sigmoid()
-    intersection = (probabilities * target).sum(dim=(-2, -1))
-    return 1.0 - (2.0 * intersection + smooth) / (probabilities.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) + smooth)
-
-
 class BCEDiceSum(torch.autograd.Function):
     """Summed BCE (`pos_weight`) + `dice_scale` x the per-image soft Dice losses of (B, H, W) logits, with the
     gradient in closed form. Autograd through the composite BCE and Dice made about thirty passes over
@@ -40,7 +32,8 @@ class BCEDiceSum(torch.autograd.Function):
 
     BCE = sum x - sum t x - sum log s(x) - (w - 1) sum t log s(x)   (s: sigmoid, w: pos_weight)
     d/dx BCE = s(x) (1 + (w - 1) t) - w t;  d/dx Dice_b = s'(x) ((2 I + k) - 2 t D) / D^2,
-    with I = sum s(x) t, D = sum s(x) + sum t + k over image b, k = `soft_dice_loss`'s `smooth` (1).
+    with I = sum s(x) t, D = sum s(x) + sum t + k over image b, k = `SMOOTH` (1: an empty target with an
+    empty prediction has a Dice loss near 0).
     """
 
     SMOOTH = 1.0

@@ -135,11 +135,16 @@ def test_sampler_is_seeded_per_epoch_and_balances_tasks():
     assert dataset[(5, 11)] == {"task": "crack", "draw": 11, "index": 5} and dataset.tasks == tasks
 
 
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image of (B, H, W) logits and targets, shape (B,), composed of plain ops."""
+    probabilities = logits.sigmoid()
+    intersection = (probabilities * target).sum(dim=(-2, -1))
+    return 1.0 - (2.0 * intersection + smooth) / (probabilities.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) + smooth)
+
+
 def _autograd_loss(logits, labels, dice_weight, pos_weight):
     """The loss as plain autograd composes it (BCE with logits + soft Dice per image): the reference."""
     from torch.nn import functional as F
-
-    from clipseg_drywall.losses import soft_dice_loss
 
     total, pixels = 0.0, 0
     weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=logits.dtype)

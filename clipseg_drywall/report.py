@@ -120,15 +120,13 @@ def differences(saved: dict, arguments: dict) -> list[str]:
             if saved.get(key) != arguments[key]]
 
 
-def prepare_folder(output: Path, arguments: dict, overwrite: bool) -> None:
-    """Tie `output` to these arguments (run.json), or refuse a folder tied to others; --overwrite clears it first."""
+def check_folder(output: Path, arguments: dict, overwrite: bool) -> bool:
+    """Refuse a folder tied to other arguments, or holding report files without a run file (nothing is
+    written or removed here); True when the run starts afresh, False when it goes on."""
     run_file = output / RUN_FILE
     if overwrite:
-        for path in [*(output / name for name in OWN_FILES), *output.glob(JOURNAL_GLOB)]:
-            path.unlink(missing_ok=True)
-        for name in OWN_FOLDERS:
-            shutil.rmtree(output / name, ignore_errors=True)
-    elif run_file.is_file():
+        return True
+    if run_file.is_file():
         try:
             saved = json.loads(run_file.read_text(encoding="utf-8"))["arguments"]
         except (ValueError, KeyError):
@@ -138,13 +136,23 @@ def prepare_folder(output: Path, arguments: dict, overwrite: bool) -> None:
             raise ValueError(f"--output {output} holds a report made with other arguments ({'; '.join(changed)}): "
                              "run with the same arguments to go on, add --overwrite to start afresh, or choose "
                              "another --output")
-        return
-    elif found := [name for name in (*OWN_FILES, *OWN_FOLDERS) if (output / name).exists()]:
+        return False
+    if found := [name for name in (*OWN_FILES, *OWN_FOLDERS) if (output / name).exists()]:
         raise FileExistsError(f"--output {output} holds {', '.join(found)} but no {RUN_FILE}: not a folder this "
                               "report made; add --overwrite to replace them, or choose another --output")
+    return True
+
+
+def start_folder(output: Path, arguments: dict) -> None:
+    """Clear what an earlier report wrote (only this command's own files) and tie `output` to these
+    arguments (run.json). Called once the model has loaded, so a failed start loses no earlier report."""
+    for path in [*(output / name for name in OWN_FILES), *output.glob(JOURNAL_GLOB)]:
+        path.unlink(missing_ok=True)
+    for name in OWN_FOLDERS:
+        shutil.rmtree(output / name, ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    _write_text(run_file, json.dumps({"arguments": arguments, "started": started}, indent=2) + "\n")
+    _write_text(output / RUN_FILE, json.dumps({"arguments": arguments, "started": started}, indent=2) + "\n")
 
 
 def _write_text(target: Path, text: str) -> None:
@@ -328,12 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(argv):
         args = _parser().parse_args(argv)
         arguments = check_call(args)
-        if distributed.is_main_process():
-            prepare_folder(args.output, arguments, args.overwrite)
-        distributed.wait_for_everyone()
+        fresh = check_folder(args.output, arguments, args.overwrite)
         segmenter = load_segmenter(args.model, args.backend, threshold=args.threshold, batch_size=args.batch_size,
                                    device=args.device or distributed.launched_device(), speed_options=args.speed,
                                    num_threads=distributed.cpu_threads_per_process())
+        if fresh and distributed.is_main_process():
+            start_folder(args.output, arguments)
+        distributed.wait_for_everyone()
         photos = photo_list(args.inputs)
         entries = run_report(segmenter, photos, args.prompt, args.output)
         if not distributed.is_main_process():

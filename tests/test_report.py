@@ -274,6 +274,23 @@ def test_a_folder_with_report_files_but_no_run_file_is_refused(tmp_path, capsys,
     assert (output / "index.html").read_text() == "someone else's page"
 
 
+@requires_shared
+def test_overwrite_with_a_model_that_fails_to_load_keeps_the_earlier_report(made, tiny_model_dir, photo_dir, threshold,
+                                                                           tmp_path, capsys, monkeypatch):
+    output = tmp_path / "copy"
+    shutil.copytree(made, output)
+    before = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+
+    def unloadable(*args, **kwargs):
+        raise OSError("model.safetensors: not a safetensors file")
+
+    monkeypatch.setattr(report, "load_segmenter", unloadable)
+    code = exit_code(report.main, report_argv(photo_dir, tiny_model_dir, output, threshold, "--overwrite"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not a safetensors file" in err
+    assert {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+
+
 def _no_model(*args, **kwargs):
     raise AssertionError("the model was loaded before the arguments were checked")
 

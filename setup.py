@@ -12,7 +12,7 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "clipseg_drywall" / "__
 DATA = ["datasets>=4.0", "lxml"]
 # peft: the LoRA adapters (--lora_rank), tested with peft 0.21.2 (transformers 5.24, torch 2.13)
 TRAIN = ["accelerate>=1.0", "datasets>=4.0", "matplotlib", "peft>=0.21"]
-EVAL = ["datasets>=4.0", "evaluate>=0.4", "matplotlib"]
+EVAL = ["datasets>=4.0", "matplotlib"]
 # OnnxSegmenter at run time (no torch needed: see README "Deploy"); the exporter also needs onnx
 ONNX = ["onnxruntime>=1.13", "tokenizers>=0.15", "onnx>=1.13"]
 DEMO = ["gradio>=6.0"]  # the Gradio app (python -m clipseg_drywall.app, space/)
@@ -30,7 +30,7 @@ setup(
     packages=find_packages(include=["clipseg_drywall", "clipseg_drywall.*", "data_builders", "data_builders.*"]),
     # the model card template is package data: found by importlib.resources alike from a checkout and a wheel
     # (the top-level model_card.md is a link to it, where people look for it)
-    package_data={"clipseg_drywall": ["templates/model_card.md"]},
+    package_data={"clipseg_drywall": ["templates/model_card.md"], "clipseg_drywall.report": ["templates/*"]},
     # inference (Segmenter, predict, publish) needs only these
     install_requires=[
         "torch>=2.1",
@@ -50,7 +50,7 @@ setup(
         "demo": DEMO,
         "report": REPORT,
         # selenium drives Debian's chromium in tests/test_app.py (.ci/run installs it)
-        "test": ALL + ["pytest>=8", "ruff"] + ONNX + DEMO + REPORT + ["selenium>=4.10"],
+        "test": ALL + ["evaluate>=0.4", "pytest>=8", "ruff"] + ONNX + DEMO + REPORT + ["selenium>=4.10"],
     },
     entry_points={
         "console_scripts": [
@@ -58,7 +58,7 @@ setup(
             "clipseg-drywall-evaluate = clipseg_drywall.cli:evaluate",
             "clipseg-drywall-predict = clipseg_drywall.predict:main",
             "clipseg-drywall-publish = clipseg_drywall.publish:main",
-            "clipseg-drywall-export = clipseg_drywall.export:main",
+            "clipseg-drywall-export = clipseg_drywall.segmenters.export:main",
             "clipseg-drywall-app = clipseg_drywall.app:main",
             "clipseg-drywall-report = clipseg_drywall.cli:report",
             "clipseg-drywall-dataset = data_builders.__main__:main",

@@ -13,7 +13,7 @@ Two CPU processes (DDP over gloo): `accelerate launch --multi_gpu --num_processe
 
 import sys
 
-from clipseg_drywall.run_training import main
+from clipseg_drywall.training.run_training import main
 
 if __name__ == "__main__":
     sys.exit(main())

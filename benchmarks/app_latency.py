@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.app_screenshot import free_port  # noqa: E402
 from benchmarks.common import SHARED  # noqa: E402
 from clipseg_drywall.app import DEFAULT_PROMPTS, build_demo, example_photos, launch, segment_photos  # noqa: E402
-from clipseg_drywall.inference import Segmenter  # noqa: E402
 from clipseg_drywall.modeling import model_from_config  # noqa: E402
+from clipseg_drywall.segmenters.pytorch import Segmenter  # noqa: E402
 
 PROCESSOR = SHARED / "clipseg-rd64-refined"
 CONFIGS = {"small": REPO / "configs" / "clipseg-small", "full": PROCESSOR}

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from clipseg_drywall.app import DEFAULT_PROMPTS, build_demo, example_photos, launch  # noqa: E402
-from clipseg_drywall.inference import Segmenter  # noqa: E402
+from clipseg_drywall.segmenters.pytorch import Segmenter  # noqa: E402
 
 MODEL_CANDIDATES = [REPO / "runs" / "learn-from-scratch" / "seed0", REPO / "runs" / "lfs-5000" / "seed0"]
 CHROMEDRIVER = "/usr/bin/chromedriver"

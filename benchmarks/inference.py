@@ -6,11 +6,11 @@ interleaved across the variants, medians reported:
 
   naive       CLIPSegProcessor + CLIPSegForImageSegmentation per (image, prompt) pair, batch 1,
               as the usual model-card snippet does (under torch.no_grad; also under inference_mode)
-  package     clipseg_drywall.inference.Segmenter, batch 1 and at its best batch size, then at
+  package     clipseg_drywall.Segmenter, batch 1 and at its best batch size, then at
               batch 1 with each opt-in speed option (bf16, int8, channels_last, compile)
   floor       the CLIP vision pass alone per image (pixel values prepared beforehand)
-  onnx        clipseg_drywall.onnx_inference.OnnxSegmenter at batch 1 on the same model exported with
-              `clipseg_drywall.export` (float32, and `--quantize int8`), in this process, same images
+  onnx        clipseg_drywall.OnnxSegmenter at batch 1 on the same model exported with
+              `clipseg_drywall.segmenters.export` (float32, and `--quantize int8`), in this process, same images
 
 Then the cold start of each backend: a fresh `python -m clipseg_drywall.predict` (torch checkpoint, or
 `--backend onnx` on the float32 export) from process start to the masks of one photo written. And the
@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import SHARED  # noqa: E402
-from clipseg_drywall.inference import SPEED_OPTIONS, Segmenter  # noqa: E402
 from clipseg_drywall.modeling import model_from_config  # noqa: E402
+from clipseg_drywall.segmenters.pytorch import SPEED_OPTIONS, Segmenter  # noqa: E402
 
 ONNX_ROWS = {"onnx fp32 batch 1": None, "onnx int8 batch 1": "int8"}
 
@@ -86,7 +86,7 @@ def package(segmenter: Segmenter, images: list[Image.Image], batch_size: int) ->
 
 def export_onnx(model: CLIPSegForImageSegmentation, processor: CLIPSegProcessor, folder: Path) -> dict[str, Path]:
     """The benchmark's model saved as a checkpoint and exported (float32, int8): {row name: export folder}."""
-    from clipseg_drywall.export import export
+    from clipseg_drywall.segmenters.export import export
 
     model.save_pretrained(folder / "checkpoint")
     processor.save_pretrained(folder / "checkpoint")
@@ -187,7 +187,7 @@ def main() -> int:
     scratch = tempfile.TemporaryDirectory(prefix="clipseg-benchmark-")  # checkpoint and exports, removed at exit
     exports = {} if args.no_onnx else export_onnx(model, processor, Path(scratch.name))
     if exports:
-        from clipseg_drywall.onnx_inference import OnnxSegmenter
+        from clipseg_drywall.segmenters.onnx import OnnxSegmenter
 
         for name, folder in exports.items():
             onnx_segmenter = OnnxSegmenter.from_pretrained(folder, batch_size=1)

@@ -41,12 +41,12 @@ from clipseg_drywall.arguments import (  # noqa: E402
     parse_arguments,
 )
 from clipseg_drywall.cli import user_errors  # noqa: E402
-from clipseg_drywall.collator import mask_array  # noqa: E402
 from clipseg_drywall.data import load_dataset_dict  # noqa: E402
 from clipseg_drywall.metrics import mask_counts, scores_from_counts  # noqa: E402
 from clipseg_drywall.prompts import TASKS  # noqa: E402
 from clipseg_drywall.run_evaluation import evaluate_model  # noqa: E402
-from clipseg_drywall.run_training import main as train_main  # noqa: E402
+from clipseg_drywall.training.collator import mask_array  # noqa: E402
+from clipseg_drywall.training.run_training import main as train_main  # noqa: E402
 
 
 class WallClockGuard(TrainerCallback):

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import SHARED  # noqa: E402
-from clipseg_drywall.export import export  # noqa: E402
-from clipseg_drywall.inference import Segmenter  # noqa: E402
-from clipseg_drywall.onnx_inference import OnnxSegmenter  # noqa: E402
+from clipseg_drywall.segmenters.export import export  # noqa: E402
+from clipseg_drywall.segmenters.onnx import OnnxSegmenter  # noqa: E402
+from clipseg_drywall.segmenters.pytorch import Segmenter  # noqa: E402
 
 PROMPTS = ["segment crack", "segment taping area"]
 

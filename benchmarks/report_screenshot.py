@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.app_screenshot import MODEL_CANDIDATES, chromium, small_png  # noqa: E402
-from clipseg_drywall import report  # noqa: E402
+from clipseg_drywall.report import command as report  # noqa: E402
+from clipseg_drywall.report.page import PAGE_FILE  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 PHOTOS_PER_TASK = 6
@@ -68,7 +69,7 @@ def main() -> int:
         try:
             from selenium.webdriver.support.ui import WebDriverWait
 
-            driver.get((report_dir / report.PAGE_FILE).resolve().as_uri())
+            driver.get((report_dir / PAGE_FILE).resolve().as_uri())
             WebDriverWait(driver, 30).until(lambda d: d.execute_script(IN_VIEW_LOADED))
             driver.save_screenshot(str(Path(scratch) / "page.png"))
         finally:

@@ -19,10 +19,10 @@ sys.path.insert(0, str(REPO))
 from clipseg_drywall.arguments import DatasetArguments  # noqa: E402
 from clipseg_drywall.cli import user_errors  # noqa: E402
 from clipseg_drywall.data import load_dataset_dict  # noqa: E402
-from clipseg_drywall.inference import Segmenter  # noqa: E402
 from clipseg_drywall.prompts import TASKS  # noqa: E402
 from clipseg_drywall.run_evaluation import segment_and_score  # noqa: E402
 from clipseg_drywall.scoring import SWEEP, sweep, task_scores  # noqa: E402
+from clipseg_drywall.segmenters.pytorch import Segmenter  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

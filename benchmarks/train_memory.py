@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _trainer(args, work: Path, name: str, cache_only: bool = False):
     from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
-    from clipseg_drywall.run_training import build_trainer
+    from clipseg_drywall.training.run_training import build_trainer
 
     config, size, training, cached = VARIANTS[name]
     return build_trainer(
@@ -123,10 +123,10 @@ def loss_seconds(trainer, repeats: int = 5) -> float:
 
 
 def child(args, work: Path) -> dict:
-    from clipseg_drywall.adapters import parameter_counts
+    from clipseg_drywall.training.adapters import parameter_counts
 
     if args.build_cache:
-        from clipseg_drywall.feature_cache import build_feature_cache
+        from clipseg_drywall.training.feature_cache import build_feature_cache
 
         trainer = _trainer(args, work, args.child, cache_only=True)
         build_feature_cache(trainer.model, trainer.processing_class, trainer.train_dataset.rows, work / "feature_cache")

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import SHARED, StepClock, fresh_train_subset  # noqa: E402
 from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments  # noqa: E402
-from clipseg_drywall.feature_cache import FeatureCache, build_feature_cache  # noqa: E402
-from clipseg_drywall.run_training import build_trainer  # noqa: E402
+from clipseg_drywall.training.feature_cache import FeatureCache, build_feature_cache  # noqa: E402
+from clipseg_drywall.training.run_training import build_trainer  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:

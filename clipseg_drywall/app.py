@@ -3,9 +3,9 @@
     python -m clipseg_drywall.app --model runs/clipseg-small        # or CLIPSEG_DRYWALL_MODEL=org/model
     clipseg-drywall-app --model org/clipseg-drywall --host 0.0.0.0 --port 7860 [--share]
 
-Built on `inference.Segmenter`: each photo gets one vision pass for all of its prompts. The zip
+Built on `segmenters.pytorch.Segmenter`: each photo gets one vision pass for all of its prompts. The zip
 holds every mask as a {0, 255} single-channel PNG at the photo's native size, named exactly as
-`predict` names it (`outputs.mask_file_name`). `segment_photos` is the whole handler as a plain
+`predict` names it (`naming.mask_file_name`). `segment_photos` is the whole handler as a plain
 function; `build_demo` wires it to the page. `space/app.py` runs the same demo as a Hub Space.
 
 A bad photo (not an image, truncated, too large for the memory bound) gets a message on the page
@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from PIL import Image
 
-from . import backends
 from .cli import ArgumentParser, check_model_source, require_extra, user_errors
 from .images import ImageLoadError, load_image
-from .outputs import claim_stem, mask_file_name, prompt_slugs
+from .naming import claim_stem, mask_file_name, prompt_slugs
 from .prompts import CANONICAL_PROMPTS, all_prompts
-from .segmenter import check_threshold
+from .segmenters import load_segmenter
+from .segmenters.base import check_threshold
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from .inference import Segmenter
+    from .segmenters.pytorch import Segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, sh
                 max_file_size=MAX_FILE_SIZE, allowed_paths=allowed, quiet=not block)
 
 
-def load_segmenter(model: str | None, threshold: float | None = None, device: str | None = None) -> Segmenter:
+def demo_segmenter(model: str | None, threshold: float | None = None, device: str | None = None) -> Segmenter:
     """The model named by --model, else by $CLIPSEG_DRYWALL_MODEL; checked before anything loads."""
     source = "--model" if model else f"${MODEL_ENV}"  # the error names where the bad value came from
     model = model or os.environ.get(MODEL_ENV)
@@ -297,12 +297,12 @@ def load_segmenter(model: str | None, threshold: float | None = None, device: st
     check_model_source(model, source)
     if threshold is not None:
         check_threshold(threshold)
-    return backends.load_segmenter(model, "torch", threshold=threshold, device=device)
+    return load_segmenter(model, "torch", threshold=threshold, device=device)
 
 
 def demo_from_env() -> gr.Blocks:
     """The demo for the model in $CLIPSEG_DRYWALL_MODEL (what `space/app.py` runs)."""
-    return build_demo(load_segmenter(None))
+    return build_demo(demo_segmenter(None))
 
 
 def _parser() -> ArgumentParser:
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(argv):
         args = _parser().parse_args(argv)
         require_extra("demo", ("gradio",))
-        segmenter = load_segmenter(args.model, args.threshold, args.device)
+        segmenter = demo_segmenter(args.model, args.threshold, args.device)
         demo = build_demo(segmenter)
         launch(demo, args.host, args.port, args.share)  # a port in use is one error line too
     return 0

@@ -16,9 +16,9 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .backends import BACKENDS
 from .modeling import DEFAULT_BASE_MODEL
-from .segmenter import check_threshold
+from .segmenters import BACKENDS
+from .segmenters.base import check_threshold
 
 
 @dataclass
@@ -144,7 +144,7 @@ class EvaluationArguments(DatasetArguments):
     figure_cases: int = field(default=2, metadata={"help": "Best and worst cases per task in the figure."})
     device: str | None = None
     backend: str = field(default="torch", metadata={"help": "torch, or onnx: --model_path is then a folder written by "
-                                                            "`python -m clipseg_drywall.export` (parity checks)."})
+                                                            "`python -m clipseg_drywall.segmenters.export` (parity checks)."})
     speed_options: list[str] = field(
         default_factory=list,
         metadata={"help": "Opt-in speed-ups to evaluate (bf16, int8, channels_last, compile): their IoU change is "

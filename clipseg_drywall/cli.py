@@ -62,15 +62,15 @@ def _run(extra: str, modules: tuple[str, ...], module: str) -> int:
 
 
 def train() -> int:
-    return _run("train", ("accelerate", "datasets", "matplotlib", "peft"), "clipseg_drywall.run_training")
+    return _run("train", ("accelerate", "datasets", "matplotlib", "peft"), "clipseg_drywall.training.run_training")
 
 
 def evaluate() -> int:
-    return _run("eval", ("datasets", "evaluate", "matplotlib"), "clipseg_drywall.run_evaluation")
+    return _run("eval", ("datasets", "matplotlib"), "clipseg_drywall.run_evaluation")
 
 
 def report() -> int:
-    return _run("report", ("skimage",), "clipseg_drywall.report")
+    return _run("report", ("skimage",), "clipseg_drywall.report.command")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from transformers import CLIPSegConfig
 
 from .modeling import DEFAULT_BASE_MODEL
 from .prompts import CANONICAL_PROMPTS, PROMPTS
-from .segmenter import threshold_of
+from .segmenters.base import threshold_of
 
 DEFAULT_REPO_ID = "org/clipseg-drywall"
 CARD_FILE = "README.md"

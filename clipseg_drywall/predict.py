@@ -3,7 +3,7 @@
 Writes DIR/<image stem>__<prompt slug>.png (single-channel, {0,255}, the input's size) per image
 and prompt, and DIR/index.csv saying which image and prompt each file holds (merged with earlier
 calls into the same folder). Any non-empty prompt gets a file name; two prompts never share one
-(the naming rule: `clipseg_drywall/outputs.py`). `--overlay` adds <image stem>__<prompt slug>_overlay.jpg.
+(the naming rule: `clipseg_drywall/naming.py`). `--overlay` adds <image stem>__<prompt slug>_overlay.jpg.
 Prompts longer than the text encoder reads (77 CLIP tokens) are truncated, with a warning.
 
 A re-run into the same folder resumes: a (photo, prompt) pair whose mask index.csv says this model
@@ -17,7 +17,7 @@ Mistakes in the call (no readable input at all, an output path that is a file or
 model folder that does not exist) are one `error:` line and exit status 2, before the model loads.
 An input that fails on its own (unreadable file, folder without images) is reported at the end
 with exit status 1; the other images are still segmented. Every file is written atomically.
-`--backend onnx` runs an exported model (`python -m clipseg_drywall.export`) without torch.
+`--backend onnx` runs an exported model (`python -m clipseg_drywall.segmenters.export`) without torch.
 """
 
 from __future__ import annotations
@@ -35,23 +35,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import distributed
-from .backends import BACKENDS, load_segmenter
+from .atomic_files import check_writable_folder, save_image, save_mask
 from .cli import ArgumentParser, check_model_source, user_errors
+from .fingerprint import model_fingerprint
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .outputs import (
-    IndexShard,
-    avoid_taken_names,
-    check_writable_folder,
-    claim_stem,
-    mask_file_name,
-    merge_index_shards,
-    model_fingerprint,
-    prompt_slugs,
-    read_index,
-    save_image,
-    save_mask,
-)
-from .segmenter import SPEED_OPTIONS, BatchedSegmenter, check_prompt, check_threshold
+from .mask_index import IndexShard, merge_index_shards, read_index
+from .naming import avoid_taken_names, claim_stem, mask_file_name, prompt_slugs
+from .prompts import check_prompt
+from .segmenters import BACKENDS, load_segmenter
+from .segmenters.base import SPEED_OPTIONS, BatchedSegmenter, check_threshold
 
 OVERLAY_COLOUR = (255, 0, 0)
 OVERLAY_ALPHA = 0.5
@@ -255,7 +247,7 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
                         help="opt-in CPU speed-up of the torch backend (repeatable); see README 'Performance'")
 
 
-def check_call(args: argparse.Namespace) -> None:
+def check_arguments(args: argparse.Namespace) -> None:
     """Every check that needs no model, so that a mistake stops the call before the model loads."""
     for prompt in args.prompt:
         check_prompt(prompt, "--prompt")
@@ -278,7 +270,7 @@ def check_call(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     with user_errors(argv):
         args = _parser().parse_args(argv)
-        check_call(args)
+        check_arguments(args)
         segmenter = load_segmenter(args.model, args.backend, threshold=args.threshold, batch_size=args.batch_size,
                                    device=args.device or distributed.launched_device(), speed_options=args.speed,
                                    num_threads=distributed.cpu_threads_per_process())

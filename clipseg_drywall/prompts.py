@@ -100,3 +100,11 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_tokens: int | None = Non
         if len(ids) > limit:
             warn_truncated(prompt, len(ids), limit)
     return tokenizer(list(prompts), truncation=True, max_length=limit, **kwargs)
+
+def check_prompt(prompt: object, name: str | None = None) -> str:
+    """`prompt` when it is a non-empty text; the one empty-prompt error of the package otherwise
+    (`name`: the flag it came from, which the error then names)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        where = f"{name}: " if name else ""
+        raise ValueError(f"{where}empty prompt {prompt!r}: pass a text such as 'segment crack'")
+    return prompt

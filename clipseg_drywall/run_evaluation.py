@@ -32,14 +32,14 @@ from transformers import CLIPSegConfig
 
 from . import distributed
 from .arguments import EvaluationArguments, parse_arguments
-from .backends import load_segmenter
+from .atomic_files import atomic_path, check_writable_folder, save_mask
+from .case_grid import Case, case_grid
 from .cli import check_model_source, user_errors
 from .data import LAYOUT_KEY, OFFICIAL_LAYOUT, leaked_images, load_dataset_dict, read_build_stats, select_split
-from .figures import Case, case_grid
-from .footprint import footprint, model_files_dir
 from .images import load_image
 from .model_card import EVALUATION_DIR, THRESHOLD_RECORD, write_model_card
-from .outputs import atomic_path, check_writable_folder, mask_file_name, save_mask
+from .model_cost import footprint, model_files_dir
+from .naming import mask_file_name
 from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
 from .scoring import (
     SWEEP,
@@ -51,7 +51,8 @@ from .scoring import (
     task_summary,
     thresholds_with,
 )
-from .segmenter import BatchedSegmenter
+from .segmenters import load_segmenter
+from .segmenters.base import BatchedSegmenter
 from .upsampling import native_probabilities
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from clipseg_drywall.atomic_files import check_writable_folder
 from clipseg_drywall.cli import ArgumentParser, user_errors
 from clipseg_drywall.data import STATS_FILE
-from clipseg_drywall.outputs import check_writable_folder
 
 from .drywall_qa import build_layouts
 from .hub import load_saved, push_to_hub, save_dataset, write_parquet

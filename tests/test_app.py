@@ -19,9 +19,9 @@ from PIL import Image
 
 from clipseg_drywall import app
 from clipseg_drywall.app import DEFAULT_PROMPTS, MAX_PHOTOS, segment_photos
-from clipseg_drywall.inference import Segmenter
-from clipseg_drywall.outputs import mask_file_name, prompt_slugs
+from clipseg_drywall.naming import mask_file_name, prompt_slugs
 from clipseg_drywall.prompts import all_prompts
+from clipseg_drywall.segmenters.pytorch import Segmenter
 
 from .conftest import CRACKS, JOINTS, requires_chromium, requires_shared
 

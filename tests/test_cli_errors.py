@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_drywall import outputs
-from clipseg_drywall.outputs import INDEX_FILE, mask_file_name, prompt_hash, prompt_slugs
+from clipseg_drywall import atomic_files, naming
+from clipseg_drywall.mask_index import INDEX_FILE
+from clipseg_drywall.naming import mask_file_name, prompt_hash, prompt_slugs
 
 from .conftest import CRACKS, REPO, exit_code, requires_shared
 
@@ -79,7 +80,7 @@ def test_a_prompt_over_77_tokens_is_truncated_with_a_warning(tiny_model_dir, pho
     assert row["prompt"] == long_prompt
     mask = np.asarray(Image.open(tmp_path / "out" / row["mask"]))
     assert mask.shape == (640, 640) and set(np.unique(mask)) <= {0, 255}
-    assert len(row["mask"].split("__")[1]) <= outputs.MAX_SLUG_CHARS + len(".png")  # the name is cut too
+    assert len(row["mask"].split("__")[1]) <= naming.MAX_SLUG_CHARS + len(".png")  # the name is cut too
 
 
 @requires_shared
@@ -213,8 +214,8 @@ def test_usage_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsy
 @requires_shared
 def test_index_survives_a_failure_mid_call(tiny_model_dir, tmp_path):
     """Masks written before a failure stay, complete and listed; nothing half-written is left."""
-    from clipseg_drywall.inference import Segmenter
     from clipseg_drywall.predict import predict as predict_images
+    from clipseg_drywall.segmenters.pytorch import Segmenter
 
     class FailsOnSecondBatch(Segmenter):
         calls = 0
@@ -244,7 +245,7 @@ def test_atomic_write_leaves_no_half_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", fails_midway)
     with pytest.raises(OSError, match="disk full"):
-        outputs.save_mask(np.zeros((4, 4), np.uint8), target)
+        atomic_files.save_mask(np.zeros((4, 4), np.uint8), target)
     assert target.read_bytes() == b"an earlier, complete mask"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
@@ -264,7 +265,7 @@ def test_naming_rule():
 
 @requires_shared
 def test_train_mistakes(tiny_config_dir, tiny_drywall_dir, tmp_path, capsys):
-    from clipseg_drywall.run_training import main
+    from clipseg_drywall.training.run_training import main
 
     from .conftest import CLIPSEG_FILES
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
-from clipseg_drywall.run_training import build_trainer
+from clipseg_drywall.training.run_training import build_trainer
 
 from .conftest import CLIPSEG_FILES, requires_shared
 
@@ -56,7 +56,7 @@ def test_feature_cache_path_on_cuda(tiny_config_dir, tiny_drywall_dir, tmp_path)
 def test_segmenter_on_cuda_matches_cpu(tiny_model_dir):
     from PIL import Image
 
-    from clipseg_drywall.inference import Segmenter
+    from clipseg_drywall.segmenters.pytorch import Segmenter
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8))
     prompts = ["segment crack", "segment taping area"]

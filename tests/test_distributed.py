@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from clipseg_drywall.distributed import owns
-from clipseg_drywall.outputs import INDEX_FILE, SHARD_GLOB
+from clipseg_drywall.mask_index import INDEX_FILE, SHARD_GLOB
 
 from .conftest import CRACKS, REPO, requires_shared
 
@@ -77,15 +77,15 @@ def test_two_processes_write_what_one_writes(tiny_model_dir, photos, tmp_path):
 
 KILL_AFTER_MASKS = """
 import os, signal, sys, runpy
-from clipseg_drywall import outputs
-save_mask, count = outputs.save_mask, [0]
+from clipseg_drywall import atomic_files
+save_mask, count = atomic_files.save_mask, [0]
 def dying_save_mask(mask, target):
     path = save_mask(mask, target)
     count[0] += 1
     if count[0] == int(os.environ["KILL_AFTER"]):
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-outputs.save_mask = dying_save_mask
+atomic_files.save_mask = dying_save_mask
 import clipseg_drywall.predict as predict
 predict.save_mask = dying_save_mask
 sys.argv = ["predict", *sys.argv[1:]]

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_drywall.inference import mask_file_name
+import evaluate
+from clipseg_drywall.naming import mask_file_name
 from clipseg_drywall.prompts import PROMPTS, TASKS, canonical_prompt
 
+from . import foreground_iou_metric
 from .conftest import REPO, requires_shared
 
 
@@ -29,8 +31,9 @@ def test_import_evaluate_is_the_library():
 
 
 def test_metric_module_loads_offline_and_matches_metrics_py():
-    import clipseg_drywall.foreground_iou as module
     import evaluate
+
+    from . import foreground_iou_metric as module
 
     rng = np.random.default_rng(0)
     predictions = [rng.random((20, 30)) > 0.5, np.zeros((5, 5), bool), np.full((4, 6), 255, np.uint8)]
@@ -112,6 +115,8 @@ def test_per_image_csv_and_pngs_match_metrics(evaluated, tiny_disjoint_dir):
         table = list(csv.DictReader(handle))
     assert [r["image_id"] for r in table] == rows["image_id"]
     per_task: dict[str, list[tuple[float, float, int, int]]] = {t: [] for t in TASKS}
+    # the same masks through the `evaluate` library's machinery, a second route to the summary
+    cross_check = {task: evaluate.load(foreground_iou_metric.__file__, keep_in_memory=True) for task in TASKS}
     for row, record in zip(rows, table):
         target = np.asarray(row["mask"]) == 255
         for task in TASKS:  # a PNG per (image, prompt), single-channel {0,255}, the image's size
@@ -127,8 +132,11 @@ def test_per_image_csv_and_pngs_match_metrics(evaluated, tiny_disjoint_dir):
         assert float(record["predicted_fraction"]) == pytest.approx(prediction.mean())
         assert float(record["true_fraction"]) == pytest.approx(target.mean())
         per_task[row["task"]].append((iou, dice, inter, union))
+        cross_check[row["task"]].add(prediction=prediction, reference=target)
     for task, scores in per_task.items():
         reported = metrics["tasks"][task]
+        assert cross_check[task].compute() == pytest.approx(
+            {key: reported[key] for key in ("miou", "dice", "dataset_iou", "n_images")}, abs=1e-6)
         assert np.mean([s[0] for s in scores]) == pytest.approx(reported["miou"], abs=1e-6)
         assert np.mean([s[1] for s in scores]) == pytest.approx(reported["dice"], abs=1e-6)
         union = sum(s[3] for s in scores)

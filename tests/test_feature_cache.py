@@ -12,11 +12,11 @@ import torch
 from transformers import CLIPSegProcessor
 
 from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
-from clipseg_drywall.collator import CLIPSegCollator, resize_images
-from clipseg_drywall.feature_cache import build_feature_cache, cache_key
 from clipseg_drywall.modeling import segmentation_logits
-from clipseg_drywall.run_training import build_trainer
-from clipseg_drywall.sampling import DrawDataset
+from clipseg_drywall.training.collator import CLIPSegCollator, resize_images
+from clipseg_drywall.training.feature_cache import build_feature_cache, cache_key
+from clipseg_drywall.training.run_training import build_trainer
+from clipseg_drywall.training.sampling import DrawDataset
 
 from .conftest import CLIPSEG_FILES, requires_shared
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from clipseg_drywall.inference import Segmenter, load_image, mask_file_name
+from clipseg_drywall.images import load_image
+from clipseg_drywall.naming import mask_file_name
+from clipseg_drywall.segmenters.pytorch import Segmenter
 from clipseg_drywall.upsampling import upsample_logits
 
 from .conftest import CRACKS, REPO, requires_shared

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
-from clipseg_drywall.collator import CLIPSegCollator
-from clipseg_drywall.run_training import build_trainer
 from clipseg_drywall.scoring import evaluate_rows, task_scores
+from clipseg_drywall.training.collator import CLIPSegCollator
+from clipseg_drywall.training.run_training import build_trainer
 
 from .conftest import CLIPSEG_FILES, REPO, requires_shared
 

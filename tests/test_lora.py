@@ -18,7 +18,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPSegConfig, TrainerCallback
 
-from clipseg_drywall.adapters import (
+from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
+from clipseg_drywall.losses import segmentation_loss
+from clipseg_drywall.modeling import model_from_config, segmentation_logits, use_gradient_forward
+from clipseg_drywall.training.adapters import (
     ADAPTER_DIR,
     adapted_module_names,
     apply_lora,
@@ -26,10 +29,7 @@ from clipseg_drywall.adapters import (
     lora_target_pattern,
     parameter_counts,
 )
-from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
-from clipseg_drywall.losses import segmentation_loss
-from clipseg_drywall.modeling import model_from_config, segmentation_logits, use_gradient_forward
-from clipseg_drywall.run_training import build_trainer, finish_adapters, main
+from clipseg_drywall.training.run_training import build_trainer, finish_adapters, main
 
 from .conftest import CLIPSEG_FILES, REPO, exit_code, requires_shared, tiny_config_dict
 
@@ -228,7 +228,7 @@ def test_checkpointing_recomputes_and_changes_neither_loss_nor_gradients(lora, t
 KILLED_RUN = """
 import os, signal, sys
 from transformers import TrainerCallback
-from clipseg_drywall.run_training import main
+from clipseg_drywall.training.run_training import main
 
 class KillAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):

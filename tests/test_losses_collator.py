@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clipseg_drywall.collator import CLIPSegCollator, pad_masks
 from clipseg_drywall.losses import IGNORE_INDEX, label_sizes, segmentation_loss
 from clipseg_drywall.prompts import PROMPTS, canonical_prompt
-from clipseg_drywall.sampling import DrawDataset, DrawSampler
+from clipseg_drywall.training.collator import CLIPSegCollator, pad_masks
+from clipseg_drywall.training.sampling import DrawDataset, DrawSampler
 from clipseg_drywall.upsampling import native_probabilities, upsample_logits
 
 from .conftest import CLIPSEG_FILES

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clipseg_drywall import export
-from clipseg_drywall.inference import Segmenter
-from clipseg_drywall.onnx_inference import (
+from clipseg_drywall.prompts import all_prompts
+from clipseg_drywall.segmenters import export
+from clipseg_drywall.segmenters.onnx import OnnxSegmenter, native_probabilities
+from clipseg_drywall.segmenters.onnx_format import (
     CONFIG_FILE,
     EMBEDDINGS_FILE,
     GRAPH_FILES,
@@ -25,10 +26,9 @@ from clipseg_drywall.onnx_inference import (
     TOKENIZER_FILE,
     OnnxExportError,
     OnnxRuntimeTooOldError,
-    OnnxSegmenter,
-    native_probabilities,
+    config_fingerprint,
 )
-from clipseg_drywall.prompts import all_prompts
+from clipseg_drywall.segmenters.pytorch import Segmenter
 from clipseg_drywall.upsampling import native_probabilities as torch_native_probabilities
 
 from .conftest import CRACKS, JOINTS, REPO, requires_shared
@@ -181,7 +181,7 @@ def test_graphs_of_another_config_or_export_are_refused(onnx_dir, tmp_path):
     folder = _copy(onnx_dir, tmp_path)
     config = json.loads((folder / CONFIG_FILE).read_text())
     config["model_config"]["reduce_dim"] = 64  # a config.json from another model beside these graphs
-    config["config_fingerprint"] = export.config_fingerprint(config["model_config"])
+    config["config_fingerprint"] = config_fingerprint(config["model_config"])
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(OnnxExportError, match="image_encoder.onnx: exported from another model config"):
         OnnxSegmenter.from_pretrained(folder)
@@ -237,7 +237,7 @@ BLOCK_TORCH = textwrap.dedent("""
     sys.meta_path.insert(0, Blocked())
 """)
 NO_TORCH = BLOCK_TORCH + textwrap.dedent("""
-    from clipseg_drywall.onnx_inference import OnnxSegmenter
+    from clipseg_drywall import OnnxSegmenter
 
     segmenter = OnnxSegmenter.from_pretrained(sys.argv[1], threshold=0.0)
     (masks,) = segmenter.segment([sys.argv[2]], ["segment crack", "a prompt outside the vocabulary"])

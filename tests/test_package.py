@@ -21,43 +21,76 @@ HEAVY = ("lxml", "datasets", "matplotlib", "evaluate", "data_builders", "peft")
 
 
 def test_inference_import_loads_no_data_training_or_plotting_stack():
-    code = ("import sys, clipseg_drywall.inference, clipseg_drywall.predict; "
+    code = ("import sys, clipseg_drywall.segmenters.pytorch, clipseg_drywall.predict; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO / "tests", timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]", run.stdout
 
 
-def _package_imports(path, package: str) -> set[str]:
-    """Modules of both packages that the module at `path` imports: at module level, inside functions
+def test_the_public_onnx_segmenter_imports_no_torch():
+    code = ("import sys, clipseg_drywall; clipseg_drywall.OnnxSegmenter; clipseg_drywall.load_segmenter; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO / "tests", timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_the_public_api_is_the_segmenters():
+    import clipseg_drywall
+    from clipseg_drywall.segmenters import load_segmenter
+    from clipseg_drywall.segmenters.pytorch import Segmenter
+
+    assert clipseg_drywall.Segmenter is Segmenter and clipseg_drywall.load_segmenter is load_segmenter
+    assert {"Segmenter", "OnnxSegmenter", "load_segmenter"} <= set(dir(clipseg_drywall))
+    with pytest.raises(AttributeError, match="no attribute 'Segmentr'"):
+        clipseg_drywall.Segmentr  # noqa: B018
+
+
+def _module_name(package: str, path) -> str:
+    parts = [package, *path.relative_to(REPO / package).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package_imports(path, name: str) -> set[str]:
+    """Modules of both packages that the module `name` at `path` imports: at module level, inside functions
     (the house rule: no two modules import each other, even there) and by `importlib.import_module`."""
     import ast
 
+    # what a relative import is relative to: the module's package (itself, for an __init__)
+    package = name if path.stem == "__init__" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            base = ".".join([package, *filter(None, [node.module])]) if node.level else node.module or ""
-            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *filter(None, [node.module])])
+            else:
+                base = node.module or ""
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & MODULES.keys()
+            found |= submodules or {base}  # `from . import distributed` imports distributed, not the package
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args \
                 and isinstance(node.args[0], ast.Constant):
-            name = node.args[0].value
-            found.add(package + name if name.startswith(".") else name)
-    own = f"{package}.{path.stem}" if path.stem != "__init__" else package
-    return {name for name in found if name in MODULES} - {own}
+            imported = node.args[0].value
+            found.add(package + imported if imported.startswith(".") else imported)
+    return {module for module in found if module in MODULES} - {name}
 
 
 PACKAGES = ("clipseg_drywall", "data_builders")
-MODULES = {f"{p}.{path.stem}" if path.stem != "__init__" else p: path
-           for p in PACKAGES for path in (REPO / p).glob("*.py")}
+MODULES = {_module_name(p, path): path for p in PACKAGES for path in (REPO / p).rglob("*.py")}
 
 
 def test_package_import_graph_has_no_cycle():
-    graph = {name: _package_imports(path, name.split(".")[0]) for name, path in MODULES.items()}
+    graph = {name: _package_imports(path, name) for name, path in MODULES.items()}
+    assert {"clipseg_drywall.segmenters.base", "clipseg_drywall.report.journal",
+            "clipseg_drywall.training.trainer"} <= graph.keys()  # the subpackages are walked
     # the parser sees real edges: top-level, relative and by name
     assert graph["clipseg_drywall.modeling"] >= {"clipseg_drywall.losses"}
-    assert graph["clipseg_drywall.backends"] >= {"clipseg_drywall.inference", "clipseg_drywall.onnx_inference"}
+    assert graph["clipseg_drywall.segmenters"] >= {"clipseg_drywall.segmenters.pytorch", "clipseg_drywall.segmenters.onnx"}
+    assert graph["clipseg_drywall.report.runner"] >= {"clipseg_drywall.predict", "clipseg_drywall.report.journal"}
+    assert graph["clipseg_drywall"] >= {"clipseg_drywall.segmenters"}
     assert graph["data_builders.stats"] >= {"clipseg_drywall.data", "data_builders.drywall_qa"}
     visiting, done, cycles = [], set(), []
 
@@ -169,7 +202,7 @@ def test_a_missing_extra_is_answered_with_the_install_command(capsys, monkeypatc
     assert cli.train() == 2 and "error: needs x" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["clipseg_drywall.run_training", "clipseg_drywall.run_evaluation",
+@pytest.mark.parametrize("module", ["clipseg_drywall.training.run_training", "clipseg_drywall.run_evaluation",
                                     "clipseg_drywall.predict", "clipseg_drywall.publish", "data_builders.__main__"])
 def test_every_command_prints_its_help(module, capsys):
     import importlib
@@ -180,7 +213,8 @@ def test_every_command_prints_its_help(module, capsys):
 
 
 def test_train_and_evaluate_answer_a_bad_path_in_one_line(tmp_path, capsys):
-    from clipseg_drywall import run_evaluation, run_training
+    from clipseg_drywall import run_evaluation
+    from clipseg_drywall.training import run_training
 
     with pytest.raises(SystemExit) as exit_info:
         run_training.main([str(tmp_path / "typo.json")])

@@ -76,7 +76,7 @@ def test_missing_weights_named(tmp_path, capsys):
 CONSUMER = """
 import sys, numpy as np
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
-from clipseg_drywall.inference import Segmenter
+from clipseg_drywall import Segmenter
 CLIPSegForImageSegmentation.from_pretrained("org/clipseg-drywall")
 CLIPSegProcessor.from_pretrained("org/clipseg-drywall")
 masks = Segmenter.from_pretrained("org/clipseg-drywall", threshold=float(sys.argv[2])).segment([sys.argv[1]], ["segment crack", "segment taping area"])[0]
@@ -88,7 +88,7 @@ np.savez(sys.argv[3], **{k.replace(" ", "_"): v for k, v in masks.items()})
 @requires_shared
 def test_offline_consumer_path_from_hub_cache(model_dir, tmp_path):
     """The published files laid out as a Hub cache entry load by repo id with HF_HUB_OFFLINE=1."""
-    from clipseg_drywall.inference import Segmenter
+    from clipseg_drywall.segmenters.pytorch import Segmenter
 
     cache = tmp_path / "hub-cache"
     revision = "0123456789abcdef0123456789abcdef01234567"

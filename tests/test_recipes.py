@@ -10,7 +10,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from clipseg_drywall.model_card import hub_id_of
-from clipseg_drywall.run_training import main, parse_training_arguments
+from clipseg_drywall.training.run_training import main, parse_training_arguments
 
 from .conftest import CLIPSEG_FILES, REPO, requires_shared
 
@@ -109,7 +109,7 @@ def test_the_dataset_id_comes_from_the_run(tiny_model_dir, tiny_drywall_dir, tmp
 
 def test_config_overrides_change_the_random_model(tiny_config_dir):
     from clipseg_drywall.arguments import ModelArguments
-    from clipseg_drywall.run_training import load_model
+    from clipseg_drywall.training.run_training import load_model
 
     model = load_model(ModelArguments(config_name=str(tiny_config_dir),
                                       config_overrides="reduce_dim=32, vision_config.image_size=64"))
@@ -125,7 +125,7 @@ def test_config_overrides_change_the_random_model(tiny_config_dir):
     ("audio_config.size=3", "no sub-config 'audio_config'"),
 ])
 def test_bad_config_overrides_are_named(overrides, error, tiny_config_dir, tmp_path):
-    from clipseg_drywall.run_training import check_sources
+    from clipseg_drywall.training.run_training import check_sources
 
     model, data, training = parse_training_arguments(
         ["--config_name", str(tiny_config_dir), "--config_overrides", overrides, "--output_dir", str(tmp_path),
@@ -135,7 +135,7 @@ def test_bad_config_overrides_are_named(overrides, error, tiny_config_dir, tmp_p
 
 
 def test_config_overrides_need_a_config_name(tmp_path):
-    from clipseg_drywall.run_training import check_sources
+    from clipseg_drywall.training.run_training import check_sources
 
     model, data, training = parse_training_arguments(
         ["--model_name_or_path", "CIDAS/clipseg-rd64-refined", "--config_overrides", "reduce_dim=32", "--output_dir", str(tmp_path),

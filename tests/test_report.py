@@ -24,9 +24,9 @@ import pytest
 from PIL import Image
 from skimage.draw import disk, line
 
-from clipseg_drywall import report
-from clipseg_drywall.findings import finding_row, parse_flag_rule
-from clipseg_drywall.measurements import measure, severity
+from clipseg_drywall.report import command as report
+from clipseg_drywall.report.findings import finding_row, parse_flag_rule
+from clipseg_drywall.report.measurements import measure, severity
 
 from .conftest import CRACKS, JOINTS, REPO, exit_code, requires_chromium, requires_shared
 
@@ -116,7 +116,7 @@ def photo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def threshold(tiny_model_dir, photo_dir) -> float:
-    from clipseg_drywall.inference import Segmenter
+    from clipseg_drywall.segmenters.pytorch import Segmenter
 
     segmenter = Segmenter.from_pretrained(tiny_model_dir)
     (result,) = segmenter.iter_segment([photo_dir / "photo00.jpg"], PROMPTS[:1], return_probabilities=True)
@@ -142,7 +142,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @requires_shared
 def test_findings_match_the_masks_they_name(made, photo_dir):
-    from clipseg_drywall.measurements import count_regions
+    from clipseg_drywall.report.measurements import count_regions
 
     rows = read_csv(made / "findings.csv")
     assert len(rows) == 8 * len(PROMPTS)  # 6 photos, the unreadable one, the clashing stem
@@ -396,7 +396,7 @@ def test_killed_and_resumed_gives_the_same_findings(many_photos, tiny_model_dir,
 def test_onnx_backend_gives_the_same_findings(made, tiny_model_dir, photo_dir, threshold, tmp_path):
     pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     pytest.importorskip("onnx", reason="the exporter needs onnx ([test] extra)")
-    from clipseg_drywall import export
+    from clipseg_drywall.segmenters import export
 
     exported = export.export(tiny_model_dir, tmp_path / "onnx")
     output = tmp_path / "report-onnx"

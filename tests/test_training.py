@@ -18,10 +18,10 @@ import torch
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
-from clipseg_drywall.collator import CLIPSegCollator
 from clipseg_drywall.modeling import model_from_config, segmentation_logits, unused_parameter_names
-from clipseg_drywall.run_training import build_trainer, cpu_threads_per_process, main
-from clipseg_drywall.trainer import CLIPSegTrainer
+from clipseg_drywall.training.collator import CLIPSegCollator
+from clipseg_drywall.training.run_training import build_trainer, cpu_threads_per_process, main
+from clipseg_drywall.training.trainer import CLIPSegTrainer
 
 from .conftest import CLIPSEG_FILES, REPO, requires_shared, tiny_config_dict
 
@@ -184,7 +184,7 @@ def test_evaluation_reports_per_task_scores(tiny_config_dir, tiny_drywall_dir, t
 KILLED_RUN = """
 import os, signal, sys
 from transformers import TrainerCallback
-from clipseg_drywall.run_training import main
+from clipseg_drywall.training.run_training import main
 
 class KillAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):

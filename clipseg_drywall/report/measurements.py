@@ -27,7 +27,7 @@ from skimage.graph import pixel_graph
 from skimage.measure import label
 from skimage.morphology import skeletonize
 
-from .metrics import as_bool
+from ..metrics import as_bool
 
 # Band edges in mm: below 0.1 hairline, 0.1-0.3 fine, 0.3-0.7 medium, 0.7 and up wide. These follow the
 # hairline / fine / medium / wide bands inspection manuals give for concrete (hairline: barely visible,

@@ -1,6 +1,6 @@
 """OnnxSegmenter: the `Segmenter` API on onnxruntime, with neither torch nor transformers.
 
-It reads a folder written by `python -m clipseg_drywall.export` and keeps the package's design:
+It reads a folder written by `python -m clipseg_drywall.segmenters.export` and keeps the package's design:
 one image-encoder pass per batch of photos for every prompt, each prompt's embedding computed
 once (the 16 vocabulary prompts come precomputed), and only the small decoder run per
 (image, prompt) pair. Preprocessing (resize, rescale, normalise) and the upsampling of logits to
@@ -13,9 +13,7 @@ so `pip install --no-deps clipseg-drywall onnxruntime numpy pillow tokenizers` i
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,59 +21,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
-from .prompts import warn_truncated
-from .segmenter import BatchedSegmenter, Segmentation, threshold_of
-
-# ---- the export format: written by export.py, read here (export.py imports these) ----
-
-FORMAT = "clipseg-drywall-onnx"
-FORMAT_VERSION = 1
-# Opset 17 has LayerNormalization as one op (fewer nodes, fused kernels in onnxruntime);
-# onnxruntime runs opset 17 from release 1.13 on.
-OPSET = 17
-MIN_ONNXRUNTIME = "1.13.0"
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-EMBEDDINGS_FILE = "prompt_embeddings.npz"
-GRAPH_FILES = {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx", "decoder": "decoder.onnx"}
-# what each graph carries in its metadata, so graphs of another export or config are caught
-FINGERPRINT_KEY = "clipseg_drywall.config_fingerprint"
-EXPORT_ID_KEY = "clipseg_drywall.export_id"
-PIXEL_INPUT = "pixel_values"
-CONDITIONAL_INPUT = "conditional_embeddings"
-# keys of a model config that change no graph: provenance and the calibrated threshold
-_UNFINGERPRINTED = ("segmentation_threshold", "transformers_version")
-
-
-class OnnxExportError(ValueError):
-    """An export folder that cannot be used: a corrupt or mismatched file (the message names it)."""
-
-
-class OnnxRuntimeTooOldError(OnnxExportError):
-    """The installed onnxruntime cannot run the export's opset."""
-
-
-def activation_name(index: int) -> str:
-    return f"activation_{index}"
-
-
-def config_fingerprint(model_config: dict) -> str:
-    """SHA-256 of the model config (canonical JSON) without the keys that change no graph."""
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in _UNFINGERPRINTED and not k.startswith("_")}
-        return value
-
-    as_stored = json.loads(json.dumps(model_config))  # as config.json holds it: keys are strings
-    text = json.dumps(strip(as_stored), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """(1, 20, 1) from '1.20.1' or '1.20.1+cpu' (no `packaging` in the slim install)."""
-    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
-
+from ..prompts import warn_truncated
+from .base import BatchedSegmenter, Segmentation, threshold_of
+from .onnx_format import (
+    CONDITIONAL_INPUT,
+    CONFIG_FILE,
+    EMBEDDINGS_FILE,
+    EXPORT_ID_KEY,
+    FINGERPRINT_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH_FILES,
+    MIN_ONNXRUNTIME,
+    PIXEL_INPUT,
+    TOKENIZER_FILE,
+    OnnxExportError,
+    OnnxRuntimeTooOldError,
+    activation_name,
+    config_fingerprint,
+    version_tuple,
+)
 
 # ---- numerics: the processor's preprocessing and native_probabilities, in numpy ----
 
@@ -143,7 +108,7 @@ def native_probabilities(logits: np.ndarray, height_width: tuple[int, int]) -> n
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; export a checkpoint with "
-                                f"python -m clipseg_drywall.export --model CHECKPOINT --output {path.parent}")
+                                f"python -m clipseg_drywall.segmenters.export --model CHECKPOINT --output {path.parent}")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -160,7 +125,7 @@ def read_export_config(folder: Path) -> dict:
     if config.get("format") != FORMAT:
         if "model_type" in config:
             raise OnnxExportError(f"{folder} is a PyTorch checkpoint, not an ONNX export: run "
-                                  f"python -m clipseg_drywall.export --model {folder} --output EXPORT_FOLDER, "
+                                  f"python -m clipseg_drywall.segmenters.export --model {folder} --output EXPORT_FOLDER, "
                                   f"or use the torch backend")
         raise OnnxExportError(f"{path}: not a clipseg-drywall ONNX export (no \"format\": \"{FORMAT}\")")
     if config.get("format_version") != FORMAT_VERSION:
@@ -238,7 +203,7 @@ def load_vocabulary_embeddings(path: Path, config: dict) -> dict[str, np.ndarray
 
 
 class OnnxSegmenter(BatchedSegmenter):
-    """Text-prompted segmentation on onnxruntime, the API of `inference.Segmenter`.
+    """Text-prompted segmentation on onnxruntime, the API of `segmenters.pytorch.Segmenter`.
 
     >>> segmenter = OnnxSegmenter.from_pretrained("exports/clipseg-small")
     >>> masks = segmenter.segment(["photo.jpg"], ["segment crack", "segment taping area"])
@@ -252,7 +217,7 @@ class OnnxSegmenter(BatchedSegmenter):
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise (NotADirectoryError if folder.exists() else FileNotFoundError)(
-                f"{folder}: no such export folder (write one with python -m clipseg_drywall.export)")
+                f"{folder}: no such export folder (write one with python -m clipseg_drywall.segmenters.export)")
         self.folder = folder
         self.config = read_export_config(folder)
         check_onnxruntime(self.config, folder)
@@ -272,7 +237,7 @@ class OnnxSegmenter(BatchedSegmenter):
     def from_pretrained(cls, folder: str | Path, threshold: float | None = None, batch_size: int = 8,
                         num_threads: int | None = None,
                         providers: Sequence[str] = ("CPUExecutionProvider",)) -> OnnxSegmenter:
-        """An export folder (`python -m clipseg_drywall.export`); `threshold` overrides the calibrated one
+        """An export folder (`python -m clipseg_drywall.segmenters.export`); `threshold` overrides the calibrated one
         saved in its config.json, `num_threads` onnxruntime's intra-op threads (default: one per core)."""
         return cls(folder, threshold=threshold, batch_size=batch_size, num_threads=num_threads, providers=providers)
 

@@ -25,21 +25,15 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput
 
+from ..arguments import CLIPSegTrainingArguments
+from ..losses import segmentation_loss
+from ..modeling import DECODER_PREFIX, loss_options, segmentation_logits, set_encoder_trainable, use_gradient_forward
+from ..scoring import ImageStatistics, batch_statistics, task_scores
+from ..segmenters.base import threshold_of
 from .adapters import apply_lora
-from .arguments import CLIPSegTrainingArguments
 from .collator import CLIPSegCollator
-from .figures import plot_training_curves
-from .losses import segmentation_loss
-from .modeling import (
-    DECODER_PREFIX,
-    loss_options,
-    segmentation_logits,
-    set_encoder_trainable,
-    use_gradient_forward,
-)
+from .curves import plot_training_curves
 from .sampling import DrawDataset, DrawSampler
-from .scoring import ImageStatistics, batch_statistics, task_scores
-from .segmenter import threshold_of
 
 CURVES_FILE = "training_curves.png"
 # pixels + tokens (the plain path) or cached CLIP features (`feature_cache.CachedFeatureCollator`)

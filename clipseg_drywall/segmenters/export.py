@@ -1,6 +1,6 @@
-"""`python -m clipseg_drywall.export --model CHECKPOINT --output FOLDER [--quantize int8]`
+"""`python -m clipseg_drywall.segmenters.export --model CHECKPOINT --output FOLDER [--quantize int8]`
 
-Writes an export folder that `onnx_inference.OnnxSegmenter` runs without torch or transformers:
+Writes an export folder that `segmenters.onnx.OnnxSegmenter` runs without torch or transformers:
 
   image_encoder.onnx   pixel_values (B, 3, S, S) -> activation_0..k, the `extract_layers` hidden states
   text_encoder.onnx    input_ids, attention_mask (B, tokens) -> conditional embedding (B, projection_dim)
@@ -35,10 +35,13 @@ import torch
 from torch import nn
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from . import __version__
-from .cli import ArgumentParser, check_model_source, require_extra, user_errors
-from .modeling import decode, text_embeddings, vision_activations
-from .onnx_inference import (
+from .. import __version__
+from ..atomic_files import check_writable_folder
+from ..cli import ArgumentParser, check_model_source, require_extra, user_errors
+from ..modeling import decode, text_embeddings, vision_activations
+from ..prompts import all_prompts
+from .base import threshold_of
+from .onnx_format import (
     CONDITIONAL_INPUT,
     CONFIG_FILE,
     EMBEDDINGS_FILE,
@@ -54,9 +57,6 @@ from .onnx_inference import (
     activation_name,
     config_fingerprint,
 )
-from .outputs import check_writable_folder
-from .prompts import all_prompts
-from .segmenter import threshold_of
 
 QUANTIZATIONS = ("int8",)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .prompts import TASKS, check_task
+from ..prompts import TASKS, check_task
 
 
 def _tasks_of(rows: Any) -> list[str]:

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic_files import atomic_path
+from ..prompts import task_of_prompt
 from .measurements import SEVERITY_EDGES_MM, severity, to_mm
-from .outputs import atomic_path
-from .prompts import task_of_prompt
 
 DEFAULT_FLAG_RULES = ("coverage > 0.5%",)
 METRIC_UNITS = {"coverage": ("%",), "regions": ("",), "length": ("px", "mm"), "max_width": ("px", "mm"),
@@ -141,3 +141,16 @@ def write_findings(rows: Sequence[dict], folder: Path) -> tuple[Path, Path]:
             temporary.write_text(content, encoding="utf-8")
         written.append(Path(folder) / name)
     return written[0], written[1]
+
+
+def findings_rows(photos: Sequence[str], entries: dict[str, dict], arguments: dict) -> list[dict]:
+    """One findings row per (photo, prompt), in photo order, then prompt order."""
+    rules = check_flag_rules(arguments["flag"], arguments["mm_per_pixel"])
+    rows = []
+    for photo in photos:
+        entry = entries[photo]
+        for prompt in arguments["prompts"]:
+            found = entry["findings"][prompt] if entry["status"] == "ok" else None
+            rows.append(finding_row(photo, prompt, found, arguments["mm_per_pixel"], rules,
+                                    arguments["severity_bands"], skip_reason=entry.get("reason") or ""))
+    return rows

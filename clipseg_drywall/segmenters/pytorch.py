@@ -18,12 +18,10 @@ import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from .images import ImageInput, ImageLoadError, load_image  # noqa: F401  (ImageLoadError: part of this API)
-from .modeling import decode, text_embeddings, vision_activations
-from .outputs import mask_file_name, prompt_slug  # noqa: F401  (part of this API)
-from .prompts import tokenize_prompts
-from .segmenter import SPEED_OPTIONS, BatchedSegmenter, Segmentation, threshold_of
-from .upsampling import native_probabilities
+from ..modeling import decode, text_embeddings, vision_activations
+from ..prompts import tokenize_prompts
+from ..upsampling import native_probabilities
+from .base import SPEED_OPTIONS, BatchedSegmenter, Segmentation, threshold_of
 
 
 def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[str] = ()) -> CLIPSegForImageSegmentation:

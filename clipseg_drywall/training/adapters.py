@@ -30,7 +30,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
-from .modeling import DECODER_PREFIX
+from ..modeling import DECODER_PREFIX
 
 # the attention and MLP projections of a CLIP encoder layer (`CLIPSegEncoderLayer`)
 LORA_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")

@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import CLIPSegForImageSegmentation
 
+from ..modeling import text_embeddings, vision_activations
+from ..prompts import TASKS, all_prompts, tokenize_prompts
 from .collator import CLIPSegCollator, pad_masks
-from .modeling import text_embeddings, vision_activations
-from .prompts import TASKS, all_prompts, tokenize_prompts
 
 logger = logging.getLogger(__name__)
 

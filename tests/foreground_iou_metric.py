@@ -1,15 +1,15 @@
-"""`foreground_iou`: foreground IoU / Dice of binary masks as an `evaluate` metric module.
+"""Foreground IoU / Dice of binary masks as an `evaluate` metric module: the tests' cross-check of the
+scoring path (`clipseg_drywall.scoring`), through another library's machinery.
 
-Loads offline from the package (no Hub download, unlike `evaluate.load("mean_iou")`, which also
+Loads offline from this file (no Hub download, unlike `evaluate.load("mean_iou")`, which also
 averages the background class in):
 
-    import evaluate, clipseg_drywall.foreground_iou as module
+    import evaluate, tests.foreground_iou_metric as module
     metric = evaluate.load(module.__file__)        # or: module.ForegroundIoU()
     metric.add_batch(predictions=[pred_mask], references=[true_mask])
     metric.compute()  # {"miou": .., "dice": .., "dataset_iou": .., "n_images": ..}
 
-A thin wrapper for people who use the `evaluate` API: the package itself scores through
-`clipseg_drywall.scoring`, and both use the definitions of `clipseg_drywall.metrics`. Masks
+The package scores through `clipseg_drywall.scoring`; both use the definitions of `clipseg_drywall.metrics`. Masks
 may differ in size between images (each pair must match); `evaluate` stores them as PNG images
 (`datasets.Image`), so any {0,255} uint8 array, bool array or mode-L image is accepted.
 """

@@ -19,18 +19,18 @@ import torch
 import transformers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, set_seed
 
+from ..arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments, parse_arguments
+from ..atomic_files import check_writable_folder, current_umask
+from ..cli import check_model_source, user_errors
+from ..data import check_saved_dataset, load_train_eval_splits
+from ..distributed import cpu_threads_per_process
+from ..model_card import BASE_MODEL_KEY, hub_id_of, write_model_card
+from ..model_cost import device_name
+from ..modeling import model_from_config
+from ..segmenters.base import DEFAULT_THRESHOLD
 from .adapters import ADAPTER_DIR, describe_targets, has_adapters, merge_adapters, parameter_counts, save_adapter
-from .arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments, parse_arguments
-from .cli import check_model_source, user_errors
 from .collator import CLIPSegCollator, resize_images
-from .data import check_saved_dataset, load_train_eval_splits
-from .distributed import cpu_threads_per_process
 from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
-from .footprint import device_name
-from .model_card import BASE_MODEL_KEY, hub_id_of, write_model_card
-from .modeling import model_from_config
-from .outputs import check_writable_folder, current_umask
-from .segmenter import DEFAULT_THRESHOLD
 from .trainer import CLIPSegTrainer
 
 logger = logging.getLogger(__name__)

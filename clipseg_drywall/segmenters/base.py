@@ -1,10 +1,10 @@
 """The segmenter contract both backends implement, torch-free.
 
-`inference.Segmenter` (PyTorch) and `onnx_inference.OnnxSegmenter` (onnxruntime) share everything but
+`segmenters.pytorch.Segmenter` (PyTorch) and `segmenters.onnx.OnnxSegmenter` (onnxruntime) share everything but
 the model calls: the prompt checks and the per-prompt embedding cache, batching, the threshold rule
 and the result type. A backend gives `_encode_prompt(prompt)` (one prompt's conditional embedding),
 `_stack(embeddings)`, `logits(images, prompts)` and `_segment_batch(...)`; this module imports
-neither torch nor onnxruntime, so the slim ONNX install and `backends.load_segmenter` can use it.
+neither torch nor onnxruntime, so the slim ONNX install and `segmenters.load_segmenter` can use it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .images import ImageInput, load_image
+from ..images import ImageInput, load_image
+from ..prompts import check_prompt
 
 DEFAULT_THRESHOLD = 0.5  # the decision threshold of a model whose config has none calibrated
-# Opt-in speed-ups of the torch backend (see `inference.apply_speed_options`).
+# Opt-in speed-ups of the torch backend (see `segmenters.pytorch.apply_speed_options`).
 SPEED_OPTIONS = ("bf16", "int8", "channels_last", "compile")
 
 
@@ -48,13 +49,6 @@ def check_threshold(value: float, name: str = "--threshold") -> float:
     return float(value)
 
 
-def check_prompt(prompt: object, name: str | None = None) -> str:
-    """`prompt` when it is a non-empty text; the one empty-prompt error of the package otherwise
-    (`name`: the flag it came from, which the error then names)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        where = f"{name}: " if name else ""
-        raise ValueError(f"{where}empty prompt {prompt!r}: pass a text such as 'segment crack'")
-    return prompt
 
 
 class BatchedSegmenter:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .inference import Segmenter
+from .segmenters.pytorch import Segmenter
 
 WEIGHT_SUFFIXES = (".safetensors",)
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .losses import IGNORE_INDEX
-from .prompts import TASKS, canonical_prompt, other_task, sample_prompt, tokenize_prompts
+from ..losses import IGNORE_INDEX
+from ..prompts import TASKS, canonical_prompt, other_task, sample_prompt, tokenize_prompts
 
 
 def mask_array(mask: Image.Image) -> np.ndarray:

@@ -1,4 +1,5 @@
 """The inspection report's page: one self-contained HTML file (inline CSS, SVG and JS; no CDN, no server).
+The HTML, CSS and JS are package data in templates/ (page.html, page.css, page.js), inlined when written.
 
 At the top, what the findings rest on (model and card, threshold and its origin, date, scale, flag
 rules, severity bands), the counts (photos, flagged per prompt, skipped and why) and a coverage
@@ -10,7 +11,11 @@ Images are linked by paths relative to the page, so the folder can be zipped and
 
 from __future__ import annotations
 
+import datetime
+import functools
 import html
+import importlib.resources
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 from .findings import is_crack_prompt
 from .measurements import SEVERITY_NAMES
 
+PAGE_FILE = "index.html"
 THUMBS_DIR = "thumbs"
 COVERAGE_BINS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # % of the photo
 
@@ -179,66 +185,48 @@ def render_page(summary: PageSummary, photos: Sequence[str], rows: Sequence[dict
         flagged = any(row["flagged"] for row in rows_of[photo].values())
         body.append(f'<tr data-flagged="{int(flagged)}">' + "".join(
             f'<td data-v="{_e(value)}">{shown}</td>' for value, shown in cells) + "</tr>")
-    return PAGE.format(title=f"Drywall inspection report: {len(photos)} photos", header=_header(
-        summary, len(photos), skipped, rows), head=head, body="\n".join(body), style=STYLE, script=SCRIPT)
+    return _template("page.html").format(title=f"Drywall inspection report: {len(photos)} photos", header=_header(
+        summary, len(photos), skipped, rows), head=head, body="\n".join(body), style=_template("page.css"), script=_template("page.js"))
 
 
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
-h1{margin:0 0 .4em}code{font-size:13px}.muted{color:#777}
-dl.summary{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;margin:0 0 1em}
-dl.summary dt{font-weight:600}dl.summary dd{margin:0}details pre{max-height:20em;overflow:auto;background:#f6f6f6;
-padding:.6em;white-space:pre-wrap}
-#prompts{display:flex;flex-wrap:wrap;gap:1em}.prompt-card{border:1px solid #ddd;border-radius:6px;padding:.4em .8em}
-.prompt-card h3{margin:.2em 0}.hist rect{fill:#D55E00}.hist text{font-size:11px;text-anchor:middle;fill:#333}
-#controls{margin:1em 0 .5em;display:flex;gap:1.5em;align-items:center}
-table{border-collapse:collapse}th,td{border:1px solid #ddd;padding:3px 6px;vertical-align:middle}
-th{background:#f0f0f0;cursor:pointer;position:sticky;top:0;font-size:12px}th.asc::after{content:" \\25B2"}
-th.desc::after{content:" \\25BC"}tr[data-flagged="1"] td:nth-child(4){background:#fde0d0;font-weight:600}
-td img{height:64px;margin-right:3px;border:1px solid #ccc}td:nth-child(2){white-space:nowrap}
-th.group{cursor:default;background:#e4e4e4}
-"""
+def model_config_and_card(model: str) -> tuple[dict, str | None]:
+    """(the model's config.json as a dict, its card text): from a local folder, or from the Hub cache."""
+    folder = Path(model).expanduser()
 
-SCRIPT = """
-(function(){
-  const table=document.getElementById('findings'), body=table.tBodies[0];
-  const numeric=v=>v!==''&&isFinite(Number(v));
-  function compare(a,b){ // empty values last, numbers as numbers, text as text
-    if(a===''||b==='') return (a==='')-(b==='');
-    return numeric(a)&&numeric(b)?Number(a)-Number(b):a.localeCompare(b);}
-  table.tHead.addEventListener('click',function(event){
-    const th=event.target.closest('th[data-col]'); if(!th) return;
-    const col=Number(th.dataset.col), descending=!th.classList.contains('desc');
-    for(const other of table.tHead.querySelectorAll('th[data-col]')) other.classList.remove('asc','desc');
-    th.classList.add(descending?'desc':'asc');
-    const rows=Array.from(body.rows);
-    rows.sort((r,s)=>{const a=r.cells[col].dataset.v,b=s.cells[col].dataset.v;
-      const c=(a===''||b==='')?compare(a,b):(descending?compare(b,a):compare(a,b));
-      return c||Number(r.cells[0].dataset.v)-Number(s.cells[0].dataset.v);});
-    for(const row of rows) body.appendChild(row);});
-  const text=document.getElementById('filter'), flaggedOnly=document.getElementById('flagged-only');
-  function filter(){
-    const words=text.value.toLowerCase(); let shown=0;
-    for(const row of body.rows){
-      const visible=(!flaggedOnly.checked||row.dataset.flagged==='1')&&row.textContent.toLowerCase().includes(words);
-      row.hidden=!visible; shown+=visible;}
-    document.getElementById('shown').textContent=shown+' of '+body.rows.length+' photos shown';}
-  text.addEventListener('input',filter); flaggedOnly.addEventListener('change',filter); filter();
-})();
-"""
+    def read(name: str) -> str | None:
+        if folder.is_dir():
+            return (folder / name).read_text(encoding="utf-8") if (folder / name).is_file() else None
+        try:
+            from huggingface_hub import hf_hub_download
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{title}</title><style>{style}</style></head>
-<body>
-{header}
-<section id="controls"><label>filter <input id="filter" type="search" placeholder="photo name or flag"></label>
-<label><input id="flagged-only" type="checkbox"> flagged only</label><span id="shown"></span>
-<span class="muted">click a column header to sort</span></section>
-<table id="findings"><thead>{head}</thead>
-<tbody>
-{body}
-</tbody></table>
-<script>{script}</script>
-</body></html>
-"""
+            return Path(hf_hub_download(model, name)).read_text(encoding="utf-8")
+        except Exception:  # offline, no such file, no access: the page says what it has
+            return None
+
+    return json.loads(read("config.json") or "{}"), read("README.md")
+
+
+def threshold_origin(given: float | None, config: dict) -> str:
+    if given is not None:
+        return "given on the command line (--threshold)"
+    if config.get("segmentation_threshold") is not None:
+        return "calibrated on validation photos, stored in the model's config.json"
+    return "the package default: the model has no calibrated threshold"
+
+
+def page_summary(arguments: dict, threshold: float, default_flag_rules: Sequence[str]) -> PageSummary:
+    """What the page's header says the findings rest on, from the report's arguments."""
+    config, card = model_config_and_card(arguments["model"])
+    return PageSummary(
+        model=arguments["model"], model_card=card, backend=arguments["backend"], threshold=threshold,
+        threshold_origin=threshold_origin(arguments["threshold"], config),
+        date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), prompts=arguments["prompts"],
+        mm_per_pixel=arguments["mm_per_pixel"], flag_rules=arguments["flag"],
+        default_flag_rules=tuple(arguments["flag"]) == tuple(default_flag_rules),
+        severity_edges=arguments["severity_bands"])
+
+
+@functools.cache
+def _template(name: str) -> str:
+    """One of the page's files in templates/ (package data, found alike from a checkout and a wheel)."""
+    return importlib.resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")

@@ -1,0 +1,66 @@
+"""Atomic file writes: every file goes to a temporary name beside its target and is renamed into
+place, so a failure mid-write (disk full, a kill) never leaves a half-written file; and the check that
+an output folder can be written, made before any work. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target`, renamed onto it when the block succeeds, removed when it fails."""
+    target = Path(target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def current_umask() -> int:
+    """The process's umask (the permission bits a plain file write would leave out)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_image(image: Image.Image, target: Path, **save_options) -> Path:
+    """`image.save(target)`, atomically; the format follows the target's suffix."""
+    with atomic_path(target) as temporary:
+        image.save(temporary, format=Image.registered_extensions()[Path(target).suffix.lower()], **save_options)
+    return Path(target)
+
+
+def save_mask(mask: np.ndarray, target: Path) -> Path:
+    """A {0,255} uint8 mask as a single-channel PNG, atomically."""
+    return save_image(Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L"), target)
+
+
+def check_writable_folder(folder: Path, what: str = "--output") -> None:
+    """Fail before any work when `folder` cannot become a writable folder (it is not created here)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {folder} is a file, not a folder: give a folder path")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:  # a real probe: permission bits do not tell root about read-only mounts
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise PermissionError(f"{what} {folder}: cannot write in {existing} ({error.strerror}); choose another folder") from None

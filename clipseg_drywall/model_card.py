@@ -1,4 +1,5 @@
-"""The model card: `model_card.md` (Jinja) rendered by huggingface_hub into `<model dir>/README.md`.
+"""The model card: `model_card.md` (Jinja) rendered by huggingface_hub into `<model dir>/README.md`; and
+the model folder's evaluation files, which `evaluate.py --update_model` stores through `store_evaluation`.
 
 Everything on the card is read from the model directory, so the card can be re-rendered after
 training, after evaluation and before publishing without carrying state around:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -220,3 +222,34 @@ def write_model_card(model_dir: str | Path, **options) -> Path:
     path = Path(model_dir) / CARD_FILE
     render_model_card(model_dir, **options).save(path)
     return path
+
+
+def evaluation_name(metrics: dict) -> str:
+    """`<layout>_<split>`: the file stem an evaluation has inside `<model>/evaluation/`."""
+    layout = metrics["dataset"].get("layout") or "unknown"
+    return f"{layout}_{metrics['dataset']['split']}"
+
+
+def set_model_threshold(model_dir: Path, threshold: float) -> None:
+    """Rewrite config.json with the new `segmentation_threshold` (every other key kept)."""
+    config = CLIPSegConfig.from_pretrained(model_dir)
+    config.segmentation_threshold = threshold
+    config.save_pretrained(model_dir)
+
+
+def store_evaluation(model_dir: Path, metrics: dict, figure: Path, threshold: float | None) -> None:
+    """An evaluation into the model folder: the calibrated `threshold` (None: keep the config's) into config.json
+    with its record, the metrics and `figure` under evaluation/, and the card re-rendered from them."""
+    target = Path(model_dir) / EVALUATION_DIR
+    target.mkdir(exist_ok=True)
+    name = evaluation_name(metrics)
+    if threshold is not None:
+        set_model_threshold(model_dir, threshold)
+        record = {"threshold": threshold, "source": metrics["threshold_source"], "evaluation": name}
+        (target / THRESHOLD_RECORD).write_text(json.dumps(record, indent=2))
+    stored = dict(metrics)
+    if Path(figure).is_file():
+        stored["figure"] = f"{name}.png"
+        shutil.copyfile(figure, target / stored["figure"])
+    (target / f"{name}.json").write_text(json.dumps(stored, indent=2))
+    write_model_card(model_dir)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import CLIPSegConfig
 
 from . import distributed
 from .arguments import EvaluationArguments, parse_arguments
@@ -37,7 +35,7 @@ from .case_grid import Case, case_grid
 from .cli import check_model_source, user_errors
 from .data import LAYOUT_KEY, OFFICIAL_LAYOUT, leaked_images, load_dataset_dict, read_build_stats, select_split
 from .images import load_image
-from .model_card import EVALUATION_DIR, THRESHOLD_RECORD, write_model_card
+from .model_card import store_evaluation
 from .model_cost import footprint, model_files_dir
 from .naming import mask_file_name
 from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
@@ -99,7 +97,8 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
     pair at once; with `masks` = (threshold, folder), also write the canonical prompts' masks as it goes.
 
     Under `accelerate launch` each process takes a contiguous share of the rows, and the shares are
-    gathered in process order (`gather_scores`), so the statistics are those of one process."""
+    gathered in process order (`score_split`, through `distributed.gather_objects`), so the statistics are
+    those of one process."""
     canonical = [canonical_prompt(t) for t in TASKS]
     extra = [p for t in TASKS for p in robustness_prompts(t) if p not in canonical] if robustness else []
     prompts = canonical + extra
@@ -206,11 +205,6 @@ def dataset_leakage(args: EvaluationArguments, split: str) -> dict:
     return {"layout": stats.get(LAYOUT_KEY, OFFICIAL_LAYOUT), "leaked_images": leaked_images(stats, split)}
 
 
-def set_model_threshold(model_dir: Path, threshold: float) -> None:
-    """Rewrite config.json with the new `segmentation_threshold` (every other key kept)."""
-    config = CLIPSegConfig.from_pretrained(model_dir)
-    config.segmentation_threshold = threshold
-    config.save_pretrained(model_dir)
 
 
 def choose_threshold(args: EvaluationArguments, segmenter: BatchedSegmenter, dataset, split: str) -> tuple[float, dict]:
@@ -247,30 +241,24 @@ def check_arguments(args: EvaluationArguments) -> None:
         check_writable_folder(args.model_path, "--model_path (with --update_model)")
 
 
-def evaluate_model(args: EvaluationArguments) -> dict:
-    check_arguments(args)
+def scored_split(args: EvaluationArguments):
+    """(the dataset, the name of the split to score, its rows): test where the dataset has one, else validation."""
     dataset = load_dataset_dict(args)
-    split_name = args.split or ("test" if "test" in dataset else "validation")
-    split = select_split(dataset, split_name, args.dataset_source, args.max_samples)
+    name = args.split or ("test" if "test" in dataset else "validation")
+    split = select_split(dataset, name, args.dataset_source, args.max_samples)
     if len(split) == 0:
-        raise ValueError(f"split {split_name!r} of {args.dataset_source} is empty")
-    segmenter = load_segmenter(args.model_path, args.backend, batch_size=args.batch_size,
-                               device=args.device or distributed.launched_device(), speed_options=args.speed_options,
-                               num_threads=distributed.cpu_threads_per_process())
-    threshold, calibration = choose_threshold(args, segmenter, dataset, split_name)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"split {name!r} of {args.dataset_source} is empty")
+    return dataset, name, split
 
-    # each process writes the masks of its share as it scores them; the statistics are gathered
-    scored = score_split(segmenter, split, args.batch_size, thresholds_with(threshold), args.prompt_robustness,
-                         desc=f"scoring {split_name}", masks=(threshold, output_dir / "masks"))
+
+def metrics_record(args: EvaluationArguments, split_name: str, split, scored: ScoredSplit, threshold: float,
+                   calibration: dict) -> dict:
+    """metrics.json's content: per-task scores with intervals, prompt fidelity and robustness, the threshold's origin."""
     tasks, fidelity = task_summary(scored.statistics, threshold, args.bootstrap_resamples)
-    records = per_image_records(scored, threshold)
-    leakage = dataset_leakage(args, split_name)
-    metrics = {
+    return {
         "model": str(args.model_path),
         "dataset": {"path": args.dataset_path, "name": args.dataset_name, "config": args.dataset_config,
-                    "split": split_name, "n_rows": len(split), **leakage},
+                    "split": split_name, "n_rows": len(split), **dataset_leakage(args, split_name)},
         "tasks": tasks,
         "mean_iou": float(np.mean([t["miou"] for t in tasks.values()])),
         "threshold": threshold,
@@ -282,8 +270,13 @@ def evaluate_model(args: EvaluationArguments) -> dict:
         "prompts": prompt_table(scored.per_prompt, threshold) if scored.per_prompt else None,
         "per_image": PER_IMAGE_FILE,
     }
-    if not distributed.is_main_process():
-        return metrics  # the main process writes what the gathered statistics give
+
+
+def write_outputs(args: EvaluationArguments, segmenter: BatchedSegmenter, split, scored: ScoredSplit,
+                  metrics: dict) -> None:
+    """per_image.csv, the best/worst figure and metrics.json (with the footprint) in --output_dir."""
+    output_dir = Path(args.output_dir)
+    records = per_image_records(scored, metrics["threshold"])
     write_per_image_csv(records, output_dir / PER_IMAGE_FILE)
     if args.latency_images > 0 and args.backend == "torch":  # the footprint counts torch parameters and memory
         images = [load_image(image) for image in split.select(range(min(args.latency_images, len(split))))["image"]]
@@ -296,34 +289,28 @@ def evaluate_model(args: EvaluationArguments) -> dict:
     with atomic_path(output_dir / METRICS_FILE) as temporary:
         temporary.write_text(json.dumps(metrics, indent=2))
 
-    model_dir = Path(args.model_path)
-    if args.update_model and model_dir.is_dir():
+
+def evaluate_model(args: EvaluationArguments) -> dict:
+    """Check, load, calibrate, score (each process its share, masks written as it goes), then on the main
+    process write the outputs and, with --update_model, the model folder's evaluation files."""
+    check_arguments(args)
+    dataset, split_name, split = scored_split(args)
+    segmenter = load_segmenter(args.model_path, args.backend, batch_size=args.batch_size,
+                               device=args.device or distributed.launched_device(), speed_options=args.speed_options,
+                               num_threads=distributed.cpu_threads_per_process())
+    threshold, calibration = choose_threshold(args, segmenter, dataset, split_name)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scored = score_split(segmenter, split, args.batch_size, thresholds_with(threshold), args.prompt_robustness,
+                         desc=f"scoring {split_name}", masks=(threshold, output_dir / "masks"))
+    metrics = metrics_record(args, split_name, split, scored, threshold, calibration)
+    if not distributed.is_main_process():
+        return metrics  # the main process writes what the gathered statistics give
+    write_outputs(args, segmenter, split, scored, metrics)
+    if args.update_model:
         calibrated = threshold if calibration["source"].startswith("sweep") else None
-        update_model_dir(model_dir, output_dir, metrics, calibrated)
+        store_evaluation(Path(args.model_path), metrics, output_dir / FIGURE_FILE, calibrated)
     return metrics
-
-
-def evaluation_name(metrics: dict) -> str:
-    """`<layout>_<split>`: the file stem an evaluation has inside `<model>/evaluation/`."""
-    layout = metrics["dataset"].get("layout") or "unknown"
-    return f"{layout}_{metrics['dataset']['split']}"
-
-
-def update_model_dir(model_dir: Path, output_dir: Path, metrics: dict, threshold: float | None) -> None:
-    """The calibrated threshold into config.json; metrics + figure beside the weights; the card re-rendered."""
-    target = model_dir / EVALUATION_DIR
-    target.mkdir(exist_ok=True)
-    name = evaluation_name(metrics)
-    if threshold is not None:
-        set_model_threshold(model_dir, threshold)
-        record = {"threshold": threshold, "source": metrics["threshold_source"], "evaluation": name}
-        (target / THRESHOLD_RECORD).write_text(json.dumps(record, indent=2))
-    stored = dict(metrics)
-    if (output_dir / FIGURE_FILE).is_file():
-        stored["figure"] = f"{name}.png"
-        shutil.copyfile(output_dir / FIGURE_FILE, target / stored["figure"])
-    (target / f"{name}.json").write_text(json.dumps(stored, indent=2))
-    write_model_card(model_dir)
 
 
 def _interval(m: dict, key: str) -> str:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DATA = SHARED / "data"
-DATA_VOC = SHARED / "data-voc"
-CRACKS = DATA / "cracks"
-JOINTS = DATA / "drywall-join-detect"
-CLIPSEG_FILES = SHARED / "clipseg-rd64-refined"
-
-requires_shared = pytest.mark.skipif(
-    not (DATA.is_dir() and CLIPSEG_FILES.is_dir()),
-    reason=f"real data and CLIPSeg processor files not found in {SHARED} (the repo's ../shared)",
-)
-
+from .helpers import CHROMEDRIVER, CHROMIUM, CLIPSEG_FILES, CRACKS, DATA, JOINTS, tiny_config_dict
 
 # Fixtures that build the whole real dataset (20-30 s each) or evaluate a model end to end through the
 # script (a minute): a test that uses one is `slow`, out of the quick loop (`-m "not slow"`).
@@ -30,40 +17,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-def tiny_config_dict() -> dict:
-    """A CLIPSeg config small enough for CPU tests, with the real tokenizer's vocabulary size."""
-    return {
-        "model_type": "clipseg",
-        "architectures": ["CLIPSegForImageSegmentation"],
-        "projection_dim": 32,
-        "reduce_dim": 16,
-        "extract_layers": [0, 1, 2],
-        "conditional_layer": 0,
-        "decoder_num_attention_heads": 2,
-        "decoder_intermediate_size": 32,
-        "use_complex_transposed_convolution": True,
-        "text_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "vocab_size": 49408,
-            "pad_token_id": 1,
-            "bos_token_id": 0,
-            "eos_token_id": 2,
-        },
-        "vision_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 2,
-            "image_size": 224,
-            "patch_size": 16,
-        },
-    }
 
 
 @pytest.fixture(scope="session")
@@ -175,21 +128,6 @@ def learning_drywall_dir(shared_dataset, tmp_path_factory) -> Path:
     return path
 
 
-def exit_code(main, argv: list[str]) -> int:
-    """The status a command's `main(argv)` ends with: its return value, or the code of the `SystemExit`
-    it raises (usage and input errors exit with 2 from `cli.user_errors` and argparse)."""
-    try:
-        return main(argv)
-    except SystemExit as exit_info:
-        return exit_info.code
-
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), "/usr/bin/chromedriver"
-requires_chromium = pytest.mark.skipif(
-    CHROMIUM is None or not Path(CHROMEDRIVER).is_file(),
-    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-
-
 @pytest.fixture
 def chromium():
     """A headless Chromium driven by Selenium (1400x1600 window), quit after the test."""
@@ -204,3 +142,10 @@ def chromium():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="module")
+def photo() -> Path:
+    if not CRACKS.is_dir():
+        pytest.skip(f"real photos not found in {CRACKS}")
+    return sorted((CRACKS / "valid" / "images").glob("*.jpg"))[0]

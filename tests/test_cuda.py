@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
-from clipseg_drywall.training.run_training import build_trainer
-
-from .conftest import CLIPSEG_FILES, requires_shared
+from .helpers import make_trainer, requires_shared
 
 pytestmark = [
     pytest.mark.cuda,
@@ -21,18 +18,12 @@ pytestmark = [
 ]
 
 
-def _trainer(config_dir, data_dir, output_dir, data: dict | None = None, **overrides):
-    arguments = {"report_to": [], "disable_tqdm": True, "logging_steps": 1, "eval_strategy": "no",
-                 "save_strategy": "no", "output_dir": str(output_dir), "per_device_train_batch_size": 2,
-                 "max_steps": 2, "encoder_learning_rate": 1e-3, **overrides}
-    return build_trainer(ModelArguments(config_name=str(config_dir), tokenizer_name=str(CLIPSEG_FILES)),
-                         DataArguments(dataset_path=str(data_dir), **(data or {})),
-                         CLIPSegTrainingArguments(**arguments))
 
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_training_steps_on_cuda(tiny_config_dir, tiny_drywall_dir, tmp_path, bf16):
-    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, bf16=bf16)
+    trainer = make_trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir,
+                           max_steps=2, encoder_learning_rate=1e-3, dataloader_pin_memory=True, bf16=bf16)
     before = trainer.model.decoder.film_mul.weight.detach().clone()
     encoder_before = trainer.model.clip.vision_model.encoder.layers[0].mlp.fc1.weight.detach().clone()
     trainer.train()
@@ -46,8 +37,9 @@ def test_training_steps_on_cuda(tiny_config_dir, tiny_drywall_dir, tmp_path, bf1
 
 
 def test_feature_cache_path_on_cuda(tiny_config_dir, tiny_drywall_dir, tmp_path):
-    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path / "out", freeze_encoder=True,
-                       data={"cache_features": True, "feature_cache_dir": str(tmp_path / "cache")})
+    trainer = make_trainer(tmp_path / "out", tiny_drywall_dir, config_dir=tiny_config_dir,
+                           max_steps=2, encoder_learning_rate=1e-3, dataloader_pin_memory=True, freeze_encoder=True,
+                           data={"cache_features": True, "feature_cache_dir": str(tmp_path / "cache")})
     trainer.train()
     assert list((tmp_path / "cache").glob("*/activations.npy"))
     assert all(np.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
@@ -72,7 +64,9 @@ def test_segmenter_on_cuda_matches_cpu(tiny_model_dir):
 
 def test_lora_training_steps_on_cuda(tiny_config_dir, tiny_drywall_dir, tmp_path):
     """LoRA (rank 4) with gradient checkpointing: adapters and decoder move on the GPU, CLIP stays as it was."""
-    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, lora_rank=4, gradient_checkpointing=True)
+    trainer = make_trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir,
+                           max_steps=2, encoder_learning_rate=1e-3, dataloader_pin_memory=True, lora_rank=4,
+                           gradient_checkpointing=True)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     assert trainer.model.device.type == "cuda"

@@ -14,7 +14,7 @@ from data_builders.drywall_qa import build
 from data_builders.rasterize import EXIF_ORIENTATION
 from data_builders.roboflow import ExportError, read_export
 
-from .conftest import exit_code
+from .helpers import exit_code
 
 VOC_OBJECT = "<object><name>crack</name><bndbox><xmin>{}</xmin><xmax>{}</xmax><ymin>{}</ymin><ymax>{}</ymax></bndbox>{}</object>"
 

@@ -17,7 +17,7 @@ from data_builders.drywall_qa import build
 from data_builders.hub import write_parquet
 from data_builders.stats import compute_statistics, format_statistics
 
-from .conftest import CRACKS, DATA_VOC, JOINTS, requires_shared
+from .helpers import CRACKS, DATA_VOC, JOINTS, requires_shared
 
 pytestmark = requires_shared
 

@@ -18,7 +18,7 @@ import pytest
 from clipseg_drywall.distributed import owns
 from clipseg_drywall.mask_index import INDEX_FILE, SHARD_GLOB
 
-from .conftest import CRACKS, REPO, requires_shared
+from .helpers import CRACKS, REPO, requires_shared
 
 pytestmark = requires_shared
 

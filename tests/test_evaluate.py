@@ -20,7 +20,7 @@ from clipseg_drywall.naming import mask_file_name
 from clipseg_drywall.prompts import PROMPTS, TASKS, canonical_prompt
 
 from . import foreground_iou_metric
-from .conftest import REPO, requires_shared
+from .helpers import REPO, requires_shared
 
 
 def test_import_evaluate_is_the_library():

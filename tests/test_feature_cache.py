@@ -18,21 +18,18 @@ from clipseg_drywall.training.feature_cache import build_feature_cache, cache_ke
 from clipseg_drywall.training.run_training import build_trainer
 from clipseg_drywall.training.sampling import DrawDataset
 
-from .conftest import CLIPSEG_FILES, requires_shared
+from .helpers import CLIPSEG_FILES, QUIET, make_trainer, requires_shared
 
 pytestmark = requires_shared
 
-QUIET = {"report_to": [], "disable_tqdm": True, "dataloader_pin_memory": False, "logging_steps": 1,
-         "eval_strategy": "no", "save_strategy": "no"}
+
+
 
 
 def _trainer(config_dir, data_dir, output_dir, cache_dir, cache: bool, **data):
-    return build_trainer(
-        ModelArguments(config_name=str(config_dir), tokenizer_name=str(CLIPSEG_FILES)),
-        DataArguments(dataset_path=str(data_dir), cache_features=cache, feature_cache_dir=str(cache_dir), **data),
-        CLIPSegTrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=2, max_steps=4,
-                                 freeze_encoder=True, **QUIET),
-    )
+    """Four decoder-only steps, from the pixels or from the cache in `cache_dir`."""
+    return make_trainer(output_dir, data_dir, config_dir=config_dir, max_steps=4, freeze_encoder=True,
+                        data={"cache_features": cache, "feature_cache_dir": str(cache_dir), **data})
 
 
 def _losses(trainer) -> list[float]:

@@ -16,7 +16,7 @@ from clipseg_drywall.naming import mask_file_name
 from clipseg_drywall.segmenters.pytorch import Segmenter
 from clipseg_drywall.upsampling import upsample_logits
 
-from .conftest import CRACKS, REPO, requires_shared
+from .helpers import CRACKS, REPO, requires_shared
 
 PROMPTS = ["segment crack", "segment taping area"]
 EXIF_ORIENTATION = 0x0112

@@ -10,7 +10,7 @@ from clipseg_drywall.scoring import evaluate_rows, task_scores
 from clipseg_drywall.training.collator import CLIPSegCollator
 from clipseg_drywall.training.run_training import build_trainer
 
-from .conftest import CLIPSEG_FILES, REPO, requires_shared
+from .helpers import CLIPSEG_FILES, REPO, requires_shared
 
 pytestmark = [requires_shared, pytest.mark.slow]
 

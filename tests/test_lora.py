@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import CLIPSegConfig, TrainerCallback
 
-from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
+from clipseg_drywall.arguments import ModelArguments
 from clipseg_drywall.losses import segmentation_loss
 from clipseg_drywall.modeling import model_from_config, segmentation_logits, use_gradient_forward
 from clipseg_drywall.training.adapters import (
@@ -29,12 +28,10 @@ from clipseg_drywall.training.adapters import (
     lora_target_pattern,
     parameter_counts,
 )
-from clipseg_drywall.training.run_training import build_trainer, finish_adapters, main
+from clipseg_drywall.training.run_training import finish_adapters, main
 
-from .conftest import CLIPSEG_FILES, REPO, exit_code, requires_shared, tiny_config_dict
+from .helpers import CLIPSEG_FILES, REPO, exit_code, make_trainer, requires_shared, tiny_config_dict
 
-QUIET = {"report_to": [], "disable_tqdm": True, "dataloader_pin_memory": False, "logging_steps": 1,
-         "eval_strategy": "no", "save_strategy": "no"}
 LORA = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1, "encoder_learning_rate": 1e-3}
 
 
@@ -49,12 +46,6 @@ def _batch():
     return pixels, tokens, (torch.rand(2, 40, 30) > 0.5).float()
 
 
-def _trainer(output_dir: Path, data_dir: Path, model_dir: Path | None = None, config_dir: Path | None = None,
-             **overrides):
-    arguments = {**QUIET, "output_dir": str(output_dir), "per_device_train_batch_size": 2, "max_steps": 1, **overrides}
-    source = {"model_name_or_path": str(model_dir)} if model_dir else {"config_name": str(config_dir)}
-    return build_trainer(ModelArguments(**source, tokenizer_name=str(CLIPSEG_FILES)),
-                         DataArguments(dataset_path=str(data_dir)), CLIPSegTrainingArguments(**arguments))
 
 
 def test_targets_are_the_clip_layers_the_decoder_reads():
@@ -99,7 +90,7 @@ def test_adapters_learn_through_the_gradient_forward_and_not_the_stock_one():
 
 @requires_shared
 def test_a_lora_run_moves_adapters_and_decoder_and_keeps_clip_bit_identical(tiny_config_dir, tiny_drywall_dir, tmp_path):
-    trainer = _trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir, max_steps=2, **LORA)
+    trainer = make_trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir, max_steps=2, **LORA)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     for name, parameter in trainer.model.named_parameters():
@@ -137,7 +128,7 @@ def test_the_merged_checkpoint_is_plain_and_loads_without_peft(tiny_model_dir, t
     from peft import PeftModel
     from transformers import CLIPSegForImageSegmentation
 
-    trainer = _trainer(tmp_path / "out", tiny_drywall_dir, model_dir=tiny_model_dir, max_steps=2, **LORA)
+    trainer = make_trainer(tmp_path / "out", tiny_drywall_dir, model_dir=tiny_model_dir, max_steps=2, **LORA)
     trainer.train()
     batch = next(iter(trainer.get_eval_dataloader()))
     batch = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
@@ -206,7 +197,7 @@ def test_checkpointing_recomputes_and_changes_neither_loss_nor_gradients(lora, t
     results = {}
     for checkpointing in (False, True):
         # the Trainer's flag; LoRA dropout on: the recompute must draw the same masks (the RNG state is kept)
-        trainer = _trainer(tmp_path / str(checkpointing), tiny_drywall_dir, config_dir=tiny_config_dir,
+        trainer = make_trainer(tmp_path / str(checkpointing), tiny_drywall_dir, config_dir=tiny_config_dir,
                            gradient_checkpointing=checkpointing, **(LORA if lora else {"encoder_learning_rate": 1e-3}))
         recorder = StepRecorder(trainer)
         trainer.add_callback(recorder)

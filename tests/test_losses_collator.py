@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 import torch
@@ -12,10 +10,9 @@ from PIL import Image
 from clipseg_drywall.losses import IGNORE_INDEX, label_sizes, segmentation_loss
 from clipseg_drywall.prompts import PROMPTS, canonical_prompt
 from clipseg_drywall.training.collator import CLIPSegCollator, pad_masks
-from clipseg_drywall.training.sampling import DrawDataset, DrawSampler
 from clipseg_drywall.upsampling import native_probabilities, upsample_logits
 
-from .conftest import CLIPSEG_FILES
+from .helpers import CLIPSEG_FILES
 
 
 @pytest.fixture(scope="module")
@@ -121,18 +118,6 @@ def test_negative_pairs_and_resampled_prompts(processor):
     assert collator.example({**row, "draw": 7})[1] == collator.example({**row, "draw": 7})[1]
 
 
-def test_sampler_is_seeded_per_epoch_and_balances_tasks():
-    tasks = ["crack"] * 90 + ["taping"] * 10
-    sampler = DrawSampler(tasks, seed=3)
-    first = list(sampler)
-    assert sorted(i for i, _ in first) == list(range(100)) and first == list(sampler)
-    sampler.set_epoch(1)
-    assert list(sampler) != first
-    balanced = DrawSampler(tasks, seed=3, balance_tasks=True)
-    counts = Counter(tasks[i] for i, _ in balanced)
-    assert len(balanced) == 100 and 35 < counts["taping"] < 65
-    dataset = DrawDataset([{"task": t} for t in tasks])
-    assert dataset[(5, 11)] == {"task": "crack", "draw": 11, "index": 5} and dataset.tasks == tasks
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

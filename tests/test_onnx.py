@@ -31,7 +31,7 @@ from clipseg_drywall.segmenters.onnx_format import (
 from clipseg_drywall.segmenters.pytorch import Segmenter
 from clipseg_drywall.upsampling import native_probabilities as torch_native_probabilities
 
-from .conftest import CRACKS, JOINTS, REPO, requires_shared
+from .helpers import CRACKS, JOINTS, REPO, requires_shared
 
 pytest.importorskip("onnxruntime", reason="the [onnx] extra (onnxruntime) is not installed")
 pytest.importorskip("onnx", reason="the exporter needs onnx ([test] extra)")

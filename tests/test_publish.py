@@ -13,7 +13,7 @@ import pytest
 
 from clipseg_drywall.publish import files_to_upload
 
-from .conftest import CRACKS, REPO, requires_shared
+from .helpers import CRACKS, REPO, requires_shared
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from clipseg_drywall.model_card import hub_id_of
 from clipseg_drywall.training.run_training import main, parse_training_arguments
 
-from .conftest import CLIPSEG_FILES, REPO, requires_shared
+from .helpers import CLIPSEG_FILES, REPO, requires_shared
 
 RECIPES = sorted((REPO / "configs").glob("*.json"))
 

@@ -28,7 +28,7 @@ from clipseg_drywall.report import command as report
 from clipseg_drywall.report.findings import finding_row, parse_flag_rule
 from clipseg_drywall.report.measurements import measure, severity
 
-from .conftest import CRACKS, JOINTS, REPO, exit_code, requires_chromium, requires_shared
+from .helpers import CRACKS, JOINTS, REPO, exit_code, requires_chromium, requires_shared
 
 PROMPTS = report.DEFAULT_PROMPTS
 

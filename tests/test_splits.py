@@ -27,7 +27,7 @@ from data_builders.splits import (
 )
 from data_builders.stats import compute_statistics, format_statistics
 
-from .conftest import CRACKS, DATA, JOINTS, exit_code
+from .helpers import CRACKS, DATA, JOINTS, exit_code
 
 requires_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found in {DATA} (the repo's ../shared/data)")
 

@@ -17,27 +17,17 @@ import pytest
 import torch
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments
 from clipseg_drywall.modeling import model_from_config, segmentation_logits, unused_parameter_names
 from clipseg_drywall.training.collator import CLIPSegCollator
-from clipseg_drywall.training.run_training import build_trainer, cpu_threads_per_process, main
+from clipseg_drywall.training.run_training import cpu_threads_per_process, main
 from clipseg_drywall.training.trainer import CLIPSegTrainer
 
-from .conftest import CLIPSEG_FILES, REPO, requires_shared, tiny_config_dict
+from .helpers import CLIPSEG_FILES, REPO, make_trainer, requires_shared, tiny_config_dict
 
 pytestmark = requires_shared
 
-QUIET = {"report_to": [], "disable_tqdm": True, "dataloader_pin_memory": False, "logging_steps": 1,
-         "eval_strategy": "no", "save_strategy": "no"}
 
 
-def _trainer(config_dir: Path, data_dir: Path, output_dir: Path, data: dict | None = None, **overrides):
-    arguments = {**QUIET, "output_dir": str(output_dir), "per_device_train_batch_size": 2, "max_steps": 1, **overrides}
-    return build_trainer(
-        ModelArguments(config_name=str(config_dir), tokenizer_name=str(CLIPSEG_FILES)),
-        DataArguments(dataset_path=str(data_dir), **(data or {})),
-        CLIPSegTrainingArguments(**arguments),
-    )
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
@@ -67,7 +57,7 @@ def test_initial_logits_are_order_one():
 
 
 def test_encoder_moves_after_one_step(tiny_config_dir, tiny_drywall_dir, tmp_path):
-    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path)  # default encoder lr 1e-6
+    trainer = make_trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir)  # default encoder lr 1e-6
     before = _snapshot(trainer.model)
     trainer.train()
     unused = set(unused_parameter_names(trainer.model))
@@ -87,7 +77,7 @@ def test_encoder_moves_after_one_step(tiny_config_dir, tiny_drywall_dir, tmp_pat
 
 
 def test_freeze_encoder_keeps_it_bit_identical(tiny_config_dir, tiny_drywall_dir, tmp_path):
-    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, freeze_encoder=True)
+    trainer = make_trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir, freeze_encoder=True)
     before = _snapshot(trainer.model)
     trainer.train()
     for name, parameter in trainer.model.named_parameters():
@@ -114,7 +104,7 @@ def _sgd_updates(config_dir: Path, data_dir: Path, output_dir: Path, trainer_cla
     # SGD: the update is proportional to the gradient (Adam's first step would be ~sign(grad))
     options = {"optim": "sgd", "decoder_learning_rate": 0.5, "encoder_learning_rate": 0.5,
                "dice_weight": 1.0, "pos_weight": 3.0, **overrides}
-    trainer = _trainer(config_dir, data_dir, output_dir, **options)
+    trainer = make_trainer(output_dir, data_dir, config_dir=config_dir, **options)
     if trainer_class is not None:
         trainer.__class__ = trainer_class
     trainer.model.double()
@@ -151,7 +141,7 @@ def test_accumulation_matches_the_big_batch(tiny_config_dir, tiny_drywall_dir, t
 
 @pytest.mark.slow
 def test_saved_model_reloads_with_the_same_logits(tiny_config_dir, tiny_drywall_dir, tmp_path):
-    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, max_steps=2, encoder_learning_rate=1e-3)
+    trainer = make_trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir, max_steps=2, encoder_learning_rate=1e-3)
     trainer.train()
     trainer.save_model()
     assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "pytorch_model.bin").exists()
@@ -170,7 +160,7 @@ def test_saved_model_reloads_with_the_same_logits(tiny_config_dir, tiny_drywall_
 
 @pytest.mark.slow
 def test_evaluation_reports_per_task_scores(tiny_config_dir, tiny_drywall_dir, tmp_path):
-    trainer = _trainer(tiny_config_dir, tiny_drywall_dir, tmp_path, max_steps=2, eval_strategy="steps",
+    trainer = make_trainer(tmp_path, tiny_drywall_dir, config_dir=tiny_config_dir, max_steps=2, eval_strategy="steps",
                        eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True)
     trainer.train()
     metrics = [e for e in trainer.state.log_history if "eval_mean_iou" in e][0]

@@ -1,4 +1,4 @@
-"""The README's demo screenshot: launch the app, drive headless Chromium like a user, save the page.
+"""docs/demo.md's screenshot: launch the app, drive headless Chromium like a user, save the page.
 
 Uploads one validation photo from ../shared/data, keeps the two default prompts, presses Segment,
 waits for the overlay and saves the page as a palette PNG (a figure, kept small). Needs Debian's

@@ -23,7 +23,7 @@ Last line: `speedup_vs_naive=<x> floor_ratio=<y> onnx_fp32_vs_package=<a> onnx_i
 cold_start_onnx_vs_torch=<c>` (default package at batch 1 vs naive; best default-package time per image
 vs the floor; package batch 1 time / ORT time, so above 1 means ORT is faster; ORT cold start / torch
 cold start). Options that change numerics are not in that line: their IoU change is measured with
-`evaluate.py --speed_options` (see the README).
+`evaluate.py --speed_options` (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's report screenshot: an inspection report of validation photos, opened in headless Chromium.
+"""docs/report.md's screenshot: an inspection report of validation photos, opened in headless Chromium.
 
 Copies 6 crack and 6 joint validation photos from ../shared/data, runs the report on them with the
 canonical prompts (`python -m clipseg_drywall.report`), opens REPORT_DIR/index.html from disk and saves
@@ -27,7 +27,7 @@ from clipseg_drywall.report.page import PAGE_FILE  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 PHOTOS_PER_TASK = 6
-CANDIDATES = [REPO / "runs" / "clipseg-small", *MODEL_CANDIDATES]  # the README's set-up model first
+CANDIDATES = [REPO / "runs" / "clipseg-small", *MODEL_CANDIDATES]  # the README set-up's model first
 # the thumbnails load lazily: wait for those in the window before the screenshot
 IN_VIEW_LOADED = ("return Array.from(document.images).filter(i => i.getBoundingClientRect().top < innerHeight)"
                   ".every(i => i.complete && i.naturalWidth > 0)")

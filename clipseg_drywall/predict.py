@@ -244,7 +244,7 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch (default) or onnx: an exported model on onnxruntime, without torch")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--speed", action="append", default=[], choices=SPEED_OPTIONS,
-                        help="opt-in CPU speed-up of the torch backend (repeatable); see README 'Performance'")
+                        help="opt-in CPU speed-up of the torch backend (repeatable); see docs/benchmarks.md)")
 
 
 def check_arguments(args: argparse.Namespace) -> None:

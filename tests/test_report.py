@@ -407,7 +407,7 @@ def test_onnx_backend_gives_the_same_findings(made, tiny_model_dir, photo_dir, t
     for ours, theirs in zip(torch_rows, onnx_rows):
         if ours["status"] != "ok":
             continue
-        # the export promises >= 99.9 % of pixels agree (README "Deploy"), so coverage moves by at most 0.1 %
+        # the export promises >= 99.9 % of pixels agree (docs/deploy.md), so coverage moves by at most 0.1 %
         a, b = (np.asarray(Image.open(folder / row["mask"])) for folder, row in ((made, ours), (output, theirs)))
         assert (a == b).mean() >= 0.999
         assert abs(float(ours["coverage_percent"]) - float(theirs["coverage_percent"])) <= 0.1

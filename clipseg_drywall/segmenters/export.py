@@ -40,23 +40,8 @@ from ..atomic_files import check_writable_folder
 from ..cli import ArgumentParser, check_model_source, require_extra, user_errors
 from ..modeling import decode, text_embeddings, vision_activations
 from ..prompts import all_prompts
+from . import onnx_format
 from .base import threshold_of
-from .onnx_format import (
-    CONDITIONAL_INPUT,
-    CONFIG_FILE,
-    EMBEDDINGS_FILE,
-    EXPORT_ID_KEY,
-    FINGERPRINT_KEY,
-    FORMAT,
-    FORMAT_VERSION,
-    GRAPH_FILES,
-    MIN_ONNXRUNTIME,
-    OPSET,
-    PIXEL_INPUT,
-    TOKENIZER_FILE,
-    activation_name,
-    config_fingerprint,
-)
 
 QUANTIZATIONS = ("int8",)
 
@@ -120,27 +105,27 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     with warnings.catch_warnings():
         # the tracer warns about every Python-level shape check it folds; at a fixed image size they are constants
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=inputs,
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=onnx_format.OPSET, input_names=inputs,
                           output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
 
 
 def export_graphs(model: CLIPSegForImageSegmentation, size: int, folder: Path) -> None:
     """The three float32 graphs, batch axes dynamic (and the token axis of the text encoder)."""
-    layers = [activation_name(i) for i in range(len(model.config.extract_layers))]
+    layers = [onnx_format.activation_name(i) for i in range(len(model.config.extract_layers))]
     pixels = torch.zeros(1, 3, size, size)
     with torch.no_grad():
         activations = vision_activations(model, pixels)
         conditional = torch.zeros(1, model.config.projection_dim)
         ids = torch.tensor([[0, 1, 2, 3]])  # any ids: the graph does not depend on them
-        _export(ImageEncoder(model), (pixels,), folder / GRAPH_FILES["image_encoder"], [PIXEL_INPUT], layers,
-                {PIXEL_INPUT: {0: "images"}, **{name: {0: "images"} for name in layers}})
-        _export(TextEncoder(model), (ids, torch.ones_like(ids)), folder / GRAPH_FILES["text_encoder"],
+        _export(ImageEncoder(model), (pixels,), folder / onnx_format.GRAPH_FILES["image_encoder"], [onnx_format.PIXEL_INPUT], layers,
+                {onnx_format.PIXEL_INPUT: {0: "images"}, **{name: {0: "images"} for name in layers}})
+        _export(TextEncoder(model), (ids, torch.ones_like(ids)), folder / onnx_format.GRAPH_FILES["text_encoder"],
                 ["input_ids", "attention_mask"], ["embedding"],
                 {"input_ids": {0: "prompts", 1: "tokens"}, "attention_mask": {0: "prompts", 1: "tokens"},
                  "embedding": {0: "prompts"}})
-        _export(Decoder(model), (*activations, conditional), folder / GRAPH_FILES["decoder"],
-                [*layers, CONDITIONAL_INPUT], ["logits"],
-                {**{name: {0: "pairs"} for name in layers}, CONDITIONAL_INPUT: {0: "pairs"}, "logits": {0: "pairs"}})
+        _export(Decoder(model), (*activations, conditional), folder / onnx_format.GRAPH_FILES["decoder"],
+                [*layers, onnx_format.CONDITIONAL_INPUT], ["logits"],
+                {**{name: {0: "pairs"} for name in layers}, onnx_format.CONDITIONAL_INPUT: {0: "pairs"}, "logits": {0: "pairs"}})
 
 
 def stamp(path: Path, fingerprint: str, export_id: str) -> None:
@@ -149,7 +134,7 @@ def stamp(path: Path, fingerprint: str, export_id: str) -> None:
 
     graph = onnx.load(str(path))
     del graph.metadata_props[:]
-    for key, value in ((FINGERPRINT_KEY, fingerprint), (EXPORT_ID_KEY, export_id)):
+    for key, value in ((onnx_format.FINGERPRINT_KEY, fingerprint), (onnx_format.EXPORT_ID_KEY, export_id)):
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
 
@@ -186,21 +171,21 @@ def export_config(model: CLIPSegForImageSegmentation, processor: CLIPSegProcesso
                   quantize: str | None) -> dict:
     model_config = json.loads(model.config.to_json_string(use_diff=False))
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": onnx_format.FORMAT,
+        "format_version": onnx_format.FORMAT_VERSION,
         "exported_by": f"clipseg-drywall {__version__}, torch {torch.__version__}",
         "export_id": export_id,
-        "opset": OPSET,
-        "min_onnxruntime": MIN_ONNXRUNTIME,
+        "opset": onnx_format.OPSET,
+        "min_onnxruntime": onnx_format.MIN_ONNXRUNTIME,
         "quantization": quantize,
         "segmentation_threshold": threshold_of(model.config),
         "image_size": image_size(processor),
         "extract_layers": list(model.config.extract_layers),
         "max_position_embeddings": model.config.text_config.max_position_embeddings,
         "projection_dim": model.config.projection_dim,
-        "graphs": GRAPH_FILES,
+        "graphs": onnx_format.GRAPH_FILES,
         "preprocessing": preprocessing_constants(processor),
-        "config_fingerprint": config_fingerprint(model_config),
+        "onnx_format.config_fingerprint": onnx_format.config_fingerprint(model_config),
         "model_config": model_config,
     }
 
@@ -215,20 +200,20 @@ def export(model_path: str | Path, output: str | Path, quantize: str | None = No
     processor = CLIPSegProcessor.from_pretrained(str(model_path))
     config = export_config(model, processor, uuid.uuid4().hex, quantize)
     output.mkdir(parents=True, exist_ok=True)
-    (output / CONFIG_FILE).unlink(missing_ok=True)  # written last: a folder without it is an unfinished export
+    (output / onnx_format.CONFIG_FILE).unlink(missing_ok=True)  # written last: a folder without it is an unfinished export
     with tempfile.TemporaryDirectory(dir=output, prefix=".export-") as scratch:
         export_graphs(model, config["image_size"], Path(scratch))
-        for role, name in GRAPH_FILES.items():
-            stamp(Path(scratch) / name, config["config_fingerprint"], config["export_id"])
+        for role, name in onnx_format.GRAPH_FILES.items():
+            stamp(Path(scratch) / name, config["onnx_format.config_fingerprint"], config["export_id"])
             if quantize == "int8" and role != "text_encoder":
                 quantize_int8(Path(scratch) / name, output / name)
             else:
                 shutil.move(Path(scratch) / name, output / name)
-    processor.tokenizer.backend_tokenizer.save(str(output / TOKENIZER_FILE))
+    processor.tokenizer.backend_tokenizer.save(str(output / onnx_format.TOKENIZER_FILE))
     prompts, embeddings = vocabulary_embeddings(model, processor)
-    np.savez(output / EMBEDDINGS_FILE, prompts=np.array(prompts), embeddings=embeddings,
+    np.savez(output / onnx_format.EMBEDDINGS_FILE, prompts=np.array(prompts), embeddings=embeddings,
              export_id=np.array(config["export_id"]))
-    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (output / onnx_format.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return output
 
 
@@ -244,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         check_model_source(args.model)
         check_writable_folder(args.output)
         folder = export(args.model, args.output, args.quantize)
-    print(f"exported {args.model} to {folder} (opset {OPSET}"
+    print(f"exported {args.model} to {folder} (opset {onnx_format.OPSET}"
           f"{', int8 image encoder and decoder' if args.quantize else ', float32'})")
     return 0
 

@@ -21,6 +21,7 @@ modules in seconds. `--quantize int8` quantises the image encoder and decoder dy
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -39,6 +40,7 @@ from .. import __version__
 from ..atomic_files import check_writable_folder
 from ..cli import ArgumentParser, check_model_source, require_extra, user_errors
 from ..modeling import decode, text_embeddings, vision_activations
+from ..preprocessing import Preprocessing
 from ..prompts import all_prompts
 from . import onnx_format
 from .base import threshold_of
@@ -88,16 +90,10 @@ def image_size(processor: CLIPSegProcessor) -> int:
 
 
 def preprocessing_constants(processor: CLIPSegProcessor) -> dict:
-    """What `onnx_inference.Preprocessing` needs to reproduce the processor (disabled steps become identities)."""
-    images = processor.image_processor
-    size = image_size(processor)
-    return {
-        "size": [size, size],
-        "resample": int(images.resample),
-        "rescale_factor": float(images.rescale_factor) if images.do_rescale else 1.0,
-        "mean": [float(m) for m in images.image_mean] if images.do_normalize else [0.0, 0.0, 0.0],
-        "std": [float(s) for s in images.image_std] if images.do_normalize else [1.0, 1.0, 1.0],
-    }
+    """What `preprocessing.Preprocessing` needs to reproduce the processor (disabled steps become identities)."""
+    image_size(processor)  # a fixed square, or a clear error
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(Preprocessing.of(processor.image_processor)).items()}
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -185,7 +181,7 @@ def export_config(model: CLIPSegForImageSegmentation, processor: CLIPSegProcesso
         "projection_dim": model.config.projection_dim,
         "graphs": onnx_format.GRAPH_FILES,
         "preprocessing": preprocessing_constants(processor),
-        "onnx_format.config_fingerprint": onnx_format.config_fingerprint(model_config),
+        "config_fingerprint": onnx_format.config_fingerprint(model_config),
         "model_config": model_config,
     }
 
@@ -204,7 +200,7 @@ def export(model_path: str | Path, output: str | Path, quantize: str | None = No
     with tempfile.TemporaryDirectory(dir=output, prefix=".export-") as scratch:
         export_graphs(model, config["image_size"], Path(scratch))
         for role, name in onnx_format.GRAPH_FILES.items():
-            stamp(Path(scratch) / name, config["onnx_format.config_fingerprint"], config["export_id"])
+            stamp(Path(scratch) / name, config["config_fingerprint"], config["export_id"])
             if quantize == "int8" and role != "text_encoder":
                 quantize_int8(Path(scratch) / name, output / name)
             else:

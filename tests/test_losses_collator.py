@@ -12,7 +12,7 @@ from clipseg_drywall.prompts import PROMPTS, canonical_prompt
 from clipseg_drywall.training.collator import CLIPSegCollator, pad_masks
 from clipseg_drywall.upsampling import native_probabilities, upsample_logits
 
-from .helpers import CLIPSEG_FILES
+from .helpers import CLIPSEG_FILES, requires_shared
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,32 @@ def test_augment_flips_mask_with_image(processor):
         assert np.array_equal(mask.astype(bool), flips[name](mask0))
         seen.add(name)
     assert seen == set(flips)
+
+
+@requires_shared
+@pytest.mark.parametrize("stored", ["as exported", "at the input size"])
+def test_the_numpy_path_gives_the_processor_path_batches_bit_for_bit(processor, tiny_drywall_dir, stored):
+    """What training feeds the model is unchanged by the fast path: batched reads, arrays flipped as views,
+    the processor's steps in numpy, on real photos, with every random choice (flips, negatives, synonyms)."""
+    import datasets
+
+    from clipseg_drywall.training.collator import resize_images
+    from clipseg_drywall.training.sampling import DrawDataset
+
+    rows = datasets.load_from_disk(str(tiny_drywall_dir))["train"]
+    if stored == "at the input size":
+        rows = resize_images(rows, processor)
+    dataset = DrawDataset(rows)
+    keys = [(index % len(rows), draw) for index, draw in enumerate(range(100, 108))]
+    options = {"augment": True, "resample_prompts": True, "negative_prompt_ratio": 0.5}
+    for train in (True, False):
+        fast = CLIPSegCollator(processor, train=train, **options)(dataset.__getitems__(keys))
+        reference = CLIPSegCollator(processor, train=train, preprocess="processor", **options)(
+            [dataset[key] for key in keys])
+        assert fast.keys() == reference.keys()
+        for key in fast:
+            assert torch.equal(fast[key], reference[key]), key
+    assert fast["labels"].shape[-2:] == rows[0]["mask"].size[::-1]  # masks stay at native size
 
 
 def test_negative_pairs_and_resampled_prompts(processor):

@@ -21,7 +21,10 @@ import torch
 from PIL import Image
 
 from ..losses import IGNORE_INDEX
+from ..preprocessing import Preprocessing
 from ..prompts import TASKS, canonical_prompt, other_task, sample_prompt, tokenize_prompts
+
+PREPROCESSING = ("numpy", "processor")
 
 
 def mask_array(mask: Image.Image) -> np.ndarray:
@@ -30,12 +33,13 @@ def mask_array(mask: Image.Image) -> np.ndarray:
 
 
 def pad_masks(masks: list[np.ndarray]) -> torch.Tensor:
-    """Stack masks of possibly different sizes, padding bottom/right with `IGNORE_INDEX`."""
+    """Stack {0,1} masks (float or bool) of possibly different sizes as float32, padding bottom/right with
+    `IGNORE_INDEX`."""
     height = max(m.shape[0] for m in masks)
     width = max(m.shape[1] for m in masks)
     labels = torch.full((len(masks), height, width), IGNORE_INDEX, dtype=torch.float32)
     for i, m in enumerate(masks):
-        labels[i, : m.shape[0], : m.shape[1]] = torch.from_numpy(m)
+        labels[i, : m.shape[0], : m.shape[1]] = torch.from_numpy(np.ascontiguousarray(m))
     return labels
 
 
@@ -67,10 +71,15 @@ class CLIPSegCollator:
     augment: bool = False
     negative_prompt_ratio: float = 0.0
     eval_negatives: bool = False  # eval only: every row under the other task's prompt, empty target
+    # "numpy": the processor's steps on a batch of arrays (`preprocessing`: bit-identical pixels, a fraction of
+    # the cost); "processor": the image processor itself, one PIL image at a time (the reference)
+    preprocess: str = "numpy"
 
     def __post_init__(self):
         if not 0.0 <= self.negative_prompt_ratio < 1.0:
             raise ValueError(f"negative_prompt_ratio must be in [0, 1), got {self.negative_prompt_ratio}")
+        if self.preprocess not in PREPROCESSING:
+            raise ValueError(f"preprocess must be one of {PREPROCESSING}, got {self.preprocess!r}")
 
     def _rng(self, row: dict) -> random.Random:
         draw = row.get("draw")
@@ -99,14 +108,12 @@ class CLIPSegCollator:
 
     def target(self, row: dict) -> tuple[str, np.ndarray, bool]:
         """(prompt, {0,1} mask, is_negative) of an evaluation row, or of a train row without flips."""
-        task = row["task"]
         if self.train:
             prompt, flip_lr, flip_tb, negative = self.choices(row)
             if flip_lr or flip_tb:
                 raise ValueError("flips change pixels: use `example`, not `target`")
         else:
-            negative = self.eval_negatives
-            prompt = canonical_prompt(other_task(task) if negative else task)
+            prompt, negative = self.target_prompt(row)
         mask = mask_array(row["mask"])
         return prompt, (np.zeros_like(mask) if negative else mask), negative
 
@@ -124,9 +131,39 @@ class CLIPSegCollator:
         target = mask_array(mask)
         return image, prompt, (np.zeros_like(target) if negative else target), negative
 
+    def arrays(self, row: dict, preprocessing: Preprocessing) -> tuple[np.ndarray, str, np.ndarray, bool]:
+        """`example` as arrays: the (height, width, 3) uint8 image at the model's input size, the prompt, the
+        bool mask at native size, is_negative. The same pixels and mask as `example` then the processor;
+        flips are views of arrays (no copy) when the image is stored at the input size already."""
+        if self.train:
+            prompt, flip_lr, flip_tb, negative = self.choices(row)
+        else:
+            (prompt, negative), flip_lr, flip_tb = self.target_prompt(row), False, False
+        image = row["image"].convert("RGB")
+        if image.size != preprocessing.size[::-1]:  # resize after flipping, as `example` and the processor do
+            if flip_lr:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if flip_tb:
+                image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+            pixels = preprocessing.resized(image)
+        else:
+            pixels = _flipped(np.asarray(image), flip_lr, flip_tb)
+        mask = _flipped(np.asarray(row["mask"].convert("L")) > 127, flip_lr, flip_tb)
+        return pixels, prompt, (np.zeros_like(mask) if negative else mask), negative
+
+    def target_prompt(self, row: dict) -> tuple[str, bool]:
+        """(prompt, is_negative) of an evaluation row: its task's canonical prompt, or the other task's."""
+        negative = self.eval_negatives
+        return canonical_prompt(other_task(row["task"]) if negative else row["task"]), negative
+
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        images, prompts, masks, negatives = zip(*(self.example(row) for row in rows))
-        pixel_values = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        if self.preprocess == "processor":  # the reference path: the processor, one PIL image at a time
+            images, prompts, masks, negatives = zip(*(self.example(row) for row in rows))
+            pixel_values = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        else:
+            preprocessing = Preprocessing.of(self.processor.image_processor)
+            images, prompts, masks, negatives = zip(*(self.arrays(row, preprocessing) for row in rows))
+            pixel_values = torch.from_numpy(preprocessing.normalize(np.stack(images)))
         batch = tokenize_prompts(self.processor.tokenizer, list(prompts), padding=True, return_tensors="pt")
         return {
             "pixel_values": pixel_values,
@@ -136,3 +173,8 @@ class CLIPSegCollator:
             "task_ids": torch.tensor([TASKS.index(row["task"]) for row in rows]),
             "negative": torch.tensor(negatives, dtype=torch.bool),
         }
+
+
+def _flipped(array: np.ndarray, left_right: bool, top_bottom: bool) -> np.ndarray:
+    """A view of `array` (height first) mirrored as asked."""
+    return array[::-1 if top_bottom else 1, ::-1 if left_right else 1]

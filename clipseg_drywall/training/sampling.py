@@ -85,6 +85,16 @@ class DrawDataset(Dataset):
         row["index"] = int(index)
         return row
 
+    def __getitems__(self, keys: list) -> list[dict]:
+        """The rows of a batch (what a DataLoader asks for) in one read: for a `datasets.Dataset` one Arrow
+        read and one decode pass instead of one per row, the larger part of a small image's cost."""
+        if not hasattr(self.rows, "column_names"):
+            return [self[key] for key in keys]
+        pairs = [key if isinstance(key, tuple) else (key, None) for key in keys]
+        columns = self.rows[[int(index) for index, _ in pairs]]
+        return [{**{name: values[i] for name, values in columns.items()}, "draw": draw, "index": int(index)}
+                for i, (index, draw) in enumerate(pairs)]
+
     @property
     def tasks(self) -> list[str]:
         return _tasks_of(self.rows)

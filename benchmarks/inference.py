@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import SHARED  # noqa: E402
+from clipseg_drywall.model_cost import vision_flops  # noqa: E402
 from clipseg_drywall.modeling import model_from_config  # noqa: E402
 from clipseg_drywall.segmenters.pytorch import SPEED_OPTIONS, Segmenter  # noqa: E402
 
@@ -107,16 +108,6 @@ def cold_start(model_folder: Path, photo: Path, backend: str, output: Path) -> f
     return time.perf_counter() - started
 
 
-def vision_flops(config: CLIPSegConfig, image_size: int) -> float:
-    """FLOPs (2 per multiply-add) of the vision pass the package runs: the patch embedding, then per layer
-    up to the deepest extract layer the q/k/v/out projections, QK^T and AV, and the MLP (norms, softmax
-    and activations are elementwise, under 1% here, left out)."""
-    vision = config.vision_config
-    patches = (image_size // vision.patch_size) ** 2
-    tokens, width, mlp = patches + 1, vision.hidden_size, vision.intermediate_size
-    patch_embedding = 2 * patches * 3 * vision.patch_size ** 2 * width
-    layer = 2 * tokens * 4 * width * width + 2 * 2 * tokens * tokens * width + 2 * 2 * tokens * width * mlp
-    return patch_embedding + (max(config.extract_layers) + 1) * layer
 
 
 def cpu_peaks() -> tuple[dict[str, float], str]:

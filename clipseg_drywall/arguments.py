@@ -182,11 +182,16 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
     A first argument ending in `.json` is a recipe: its keys are flags, and flags given after it
     override them (`train.py configs/small-from-scratch.json --max_steps 100`).
     """
+    parser = HfArgumentParser(tuple(dataclass_types))
+    return tuple(parser.parse_args_into_dataclasses(args=expand_recipe(argv), look_for_args_file=False))
+
+
+def expand_recipe(argv: Sequence[str] | None = None) -> list[str]:
+    """`argv` (default: the command line) with a leading `.json` recipe replaced by its flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith(".json"):
         path = Path(argv[0])
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such recipe file")
         argv = recipe_to_argv(json.loads(path.read_text())) + argv[1:]
-    parser = HfArgumentParser(tuple(dataclass_types))
-    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
+    return argv

@@ -1,4 +1,4 @@
-"""What a model costs to ship and run: parameters, bytes on disk, latency per image, peak memory."""
+"""What a model costs to ship and run: parameters, bytes on disk, latency per image, peak memory, FLOPs."""
 
 from __future__ import annotations
 
@@ -104,3 +104,15 @@ def footprint(
     memory, memory_kind = peak_memory_mb(segmenter.device)
     result.update(peak_memory_mb=round(memory, 1), peak_memory_kind=memory_kind)
     return result
+
+
+def vision_flops(config, image_size: int) -> float:
+    """FLOPs (2 per multiply-add) of the vision pass the package runs: the patch embedding, then per layer
+    up to the deepest extract layer the q/k/v/out projections, QK^T and AV, and the MLP (norms, softmax
+    and activations are elementwise, under 1% here, left out)."""
+    vision = config.vision_config
+    patches = (image_size // vision.patch_size) ** 2
+    tokens, width, mlp = patches + 1, vision.hidden_size, vision.intermediate_size
+    patch_embedding = 2 * patches * 3 * vision.patch_size ** 2 * width
+    layer = 2 * tokens * 4 * width * width + 2 * 2 * tokens * tokens * width + 2 * 2 * tokens * width * mlp
+    return patch_embedding + (max(config.extract_layers) + 1) * layer

@@ -2,13 +2,15 @@
 
 `CLIPSegProcessor`'s image processor takes about 2 ms an image on one core, most of it per-image Python
 and float64 work around a few array operations. Here the same operations, in the same order and
-precision (rescale in float64, normalise in float32), run on a whole batch of uint8 arrays at once, so
-the pixel values are bit-identical to the processor's (tests/test_losses_collator.py, tests/test_onnx.py)
-at a fraction of the cost. The training collator and the ONNX segmenter both use it.
+precision (rescale in float64, normalise in float32), are computed once for each of the 256 values of
+each channel, and a batch of uint8 arrays is looked up in that table, so the pixel values are
+bit-identical to the processor's (tests/test_losses_collator.py, tests/test_onnx.py) at a fraction of
+the cost. The training collator and the ONNX segmenter both use it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,12 +49,22 @@ class Preprocessing:
             image = image.resize((width, height), resample=Image.Resampling(self.resample))
         return np.asarray(image)
 
+    @functools.cached_property
+    def table(self) -> np.ndarray:
+        """(3, 256) float32: the pixel value of each uint8 value in each channel, computed as the processor
+        computes it (rescale in float64, normalise in float32): a lookup then gives the same bits at a
+        fifth of the cost of converting every pixel to float64."""
+        values = np.arange(256, dtype=np.float64)[:, None]  # (256, 1) against (3,) per channel
+        scaled = (values * self.rescale_factor).astype(np.float32)
+        normalized = (scaled - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(normalized.T)
+
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, height, width) float32 pixel values of a (B, height, width, 3) uint8 batch at the input size."""
-        # the processor rescales in float64 and normalises in float32: same order, same result
-        scaled = (batch.astype(np.float64) * self.rescale_factor).astype(np.float32)
-        normalized = (scaled - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(normalized.transpose(0, 3, 1, 2))
+        out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self.table[channel], batch[..., channel], out=out[:, channel])
+        return out
 
     def pixel_values(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(B, 3, height, width) float32, as `processor.image_processor(images)["pixel_values"]` (RGB images)."""

@@ -18,7 +18,8 @@ RECIPES = sorted((REPO / "configs").glob("*.json"))
 
 
 def test_every_use_has_a_recipe():
-    assert {p.stem for p in RECIPES} == {"small-from-scratch", "cidas-decoder-cached", "cidas-finetune", "cidas-lora"}
+    assert {p.stem for p in RECIPES} == {"small-from-scratch", "small-from-scratch-gpu", "cidas-decoder-cached", "cidas-finetune",
+                                         "cidas-lora"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

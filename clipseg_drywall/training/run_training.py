@@ -19,7 +19,7 @@ import torch
 import transformers
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, set_seed
 
-from ..arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments, parse_arguments
+from ..arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments, expand_recipe, parse_arguments
 from ..atomic_files import check_writable_folder, current_umask
 from ..cli import check_model_source, user_errors
 from ..data import check_saved_dataset, load_train_eval_splits
@@ -30,6 +30,7 @@ from ..modeling import model_from_config
 from ..segmenters.base import DEFAULT_THRESHOLD
 from .adapters import ADAPTER_DIR, describe_targets, has_adapters, merge_adapters, parameter_counts, save_adapter
 from .collator import CLIPSegCollator, resize_images
+from .device_fit import as_flags, describe, device_defaults, given_options
 from .feature_cache import CachedFeatureCollator, build_feature_cache, resolve_cache_use
 from .trainer import CLIPSegTrainer
 
@@ -86,6 +87,20 @@ def load_processor(model_args: ModelArguments) -> CLIPSegProcessor:
 
 def parse_training_arguments(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, CLIPSegTrainingArguments]:
     return parse_arguments((ModelArguments, DataArguments, CLIPSegTrainingArguments), argv)
+
+
+def fit_to_device(argv: Sequence[str] | None = None) -> tuple[list[str], str]:
+    """(`argv` with its recipe expanded and the device options it leaves out added, the log line saying what
+    was chosen): workers, pinned memory, persistent workers and bf16 for the device this process trains on."""
+    argv = expand_recipe(argv)
+    training_args = parse_training_arguments(argv)[2]
+    device, cores = training_args.device.type, cpu_threads_per_process()
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    chosen = device_defaults(device, cores, bf16)
+    given = given_options(argv)
+    fitted = {key: value for key, value in chosen.items() if key not in given}
+    as_given = {key: getattr(training_args, key) for key in sorted(given)}
+    return argv + as_flags(fitted), describe(device, cores, fitted, as_given)
 
 
 def use_every_core(training_args: CLIPSegTrainingArguments) -> None:
@@ -164,11 +179,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     with user_errors(argv):  # usage and path mistakes: one line, before any logging or loading
+        argv, fitted = fit_to_device(argv)
         model_args, data_args, training_args = parse_training_arguments(argv)
         check_sources(model_args, data_args, training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
                         if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    logger.info(fitted)
     use_every_core(training_args)
     with user_errors(argv):  # paths, splits, model and processor are checked here, before any training
         trainer = build_trainer(model_args, data_args, training_args, callbacks)

@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     p.add_argument("--output_dir", default=str(REPO / "runs" / "train-throughput"))
+    p.add_argument("--train_flags", nargs=argparse.REMAINDER, default=[],
+                   help="train.py flags for the step and Trainer parts, e.g. --optim adamw_torch_fused")
     return p
 
 
@@ -76,7 +78,7 @@ def training_argv(args, work: Path) -> list[str]:
             "--save_strategy", "no", "--disable_tqdm", "true", "--warmup_steps", "0"]
     if args.config_overrides:
         argv += ["--config_overrides", args.config_overrides]
-    return argv + (["--use_cpu", "true"] if args.device == "cpu" else [])
+    return argv + (["--use_cpu", "true"] if args.device == "cpu" else []) + args.train_flags
 
 
 # ---- data: the reference path against the package's, CPU time on one core ----

@@ -44,3 +44,24 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter())
+
+
+def timed_training(trainer, warmup: int) -> tuple[float, float]:
+    """Train, then (seconds per step, seconds per step spent waiting for the next batch) over the steps
+    after the first `warmup`; the wait is timed around `Trainer.get_batch_samples`, what the loop calls."""
+    clock = StepClock()
+    trainer.add_callback(clock)
+    waits: list[float] = []
+    fetch = trainer.get_batch_samples
+
+    def timed_fetch(*arguments, **keywords):
+        start = time.perf_counter()
+        result = fetch(*arguments, **keywords)
+        waits.append(time.perf_counter() - start)
+        return result
+
+    trainer.get_batch_samples = timed_fetch
+    trainer.train()
+    timed = len(clock.times) - warmup
+    step_seconds = (clock.times[-1] - clock.times[warmup - 1]) / timed
+    return step_seconds, sum(waits[warmup:warmup + timed]) / timed

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import SHARED, StepClock, fresh_train_subset  # noqa: E402
+from benchmarks.common import SHARED, fresh_train_subset, timed_training  # noqa: E402
 from clipseg_drywall.arguments import CLIPSegTrainingArguments, DataArguments, ModelArguments  # noqa: E402
 from clipseg_drywall.training.feature_cache import FeatureCache, build_feature_cache  # noqa: E402
 from clipseg_drywall.training.run_training import build_trainer  # noqa: E402
@@ -63,22 +63,8 @@ def _arguments(args, work: Path, name: str, preresize: bool, cache: bool, worker
 
 
 def run(args, work: Path, name: str, preresize: bool, cache: bool, workers: int = 0) -> dict:
-    clock = StepClock()
-    trainer = build_trainer(*_arguments(args, work, name, preresize, cache, workers), callbacks=[clock])
-    waits: list[float] = []
-    fetch = trainer.get_batch_samples  # what the training loop calls for each optimizer step's batches
-
-    def timed_fetch(*arguments, **keywords):
-        start = time.perf_counter()
-        result = fetch(*arguments, **keywords)
-        waits.append(time.perf_counter() - start)
-        return result
-
-    trainer.get_batch_samples = timed_fetch
-    trainer.train()
-    timed_steps = len(clock.times) - args.warmup
-    step_seconds = (clock.times[-1] - clock.times[args.warmup - 1]) / timed_steps
-    wait_seconds = sum(waits[args.warmup : args.warmup + timed_steps]) / timed_steps
+    trainer = build_trainer(*_arguments(args, work, name, preresize, cache, workers))
+    step_seconds, wait_seconds = timed_training(trainer, args.warmup)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {"samples_per_second": args.batch_size / step_seconds, "step_seconds": step_seconds,
             "data_share": wait_seconds / step_seconds, "losses": losses}

@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import SHARED, StepClock, fresh_train_subset  # noqa: E402
+from benchmarks.common import SHARED, fresh_train_subset, timed_training  # noqa: E402
 from clipseg_drywall.arguments import DataArguments  # noqa: E402
 from clipseg_drywall.data import load_train_eval_splits  # noqa: E402
 from clipseg_drywall.losses import segmentation_loss  # noqa: E402
@@ -166,22 +166,8 @@ def _synchronized(device: torch.device) -> float:
 
 def trainer_throughput(args, trainer) -> tuple[float, float]:
     """(samples/s over the steps after --warmup, share of a step spent waiting for the next batch)."""
-    clock = StepClock()
-    trainer.add_callback(clock)
-    waits: list[float] = []
-    fetch = trainer.get_batch_samples
-
-    def timed_fetch(*arguments, **keywords):
-        start = time.perf_counter()
-        result = fetch(*arguments, **keywords)
-        waits.append(time.perf_counter() - start)
-        return result
-
-    trainer.get_batch_samples = timed_fetch
-    trainer.train()
-    timed = len(clock.times) - args.warmup
-    step_seconds = (clock.times[-1] - clock.times[args.warmup - 1]) / timed
-    return args.batch_size / step_seconds, sum(waits[args.warmup:args.warmup + timed]) / timed / step_seconds
+    step_seconds, wait_seconds = timed_training(trainer, args.warmup)
+    return args.batch_size / step_seconds, wait_seconds / step_seconds
 
 
 def peak_flops(device: torch.device, bf16: bool) -> tuple[float | None, str]:

@@ -8,7 +8,6 @@ photo, so that masks mark something and differ between photos.
 
 from __future__ import annotations
 
-import csv
 import html.parser
 import json
 import os
@@ -29,7 +28,8 @@ from clipseg_drywall.report import command as report
 from clipseg_drywall.report.findings import finding_row, parse_flag_rule
 from clipseg_drywall.report.measurements import DEFAULT_MIN_REGION_PX, measure, severity
 
-from .conftest import CRACKS, JOINTS, REPO, exit_code, requires_chromium, requires_shared
+from .browser import requires_chromium
+from .conftest import REPO, exit_code, read_csv, report_argv, requires_shared
 
 PROMPTS = report.DEFAULT_PROMPTS
 
@@ -97,48 +97,6 @@ def test_severity_bands_and_flag_rules():
 
 
 # --- a report on real photos ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory) -> Path:
-    """4 crack and 2 joint validation photos, a file that is not an image, and a second folder whose photo has
-    the stem of one in the first (skipped: its masks would overwrite the other's)."""
-    if not (CRACKS.is_dir() and JOINTS.is_dir()):
-        pytest.skip(f"real photos not found in {CRACKS.parent}")
-    folder = tmp_path_factory.mktemp("photos")
-    sources = sorted((CRACKS / "valid" / "images").glob("*.jpg"))[:4] + sorted((JOINTS / "valid").glob("*.jpg"))[:2]
-    for index, source in enumerate(sources):
-        Image.open(source).convert("RGB").resize((320, 320)).save(folder / f"photo{index:02d}.jpg", quality=92)
-    (folder / "notes.jpg").write_text("not a photo")
-    (folder / "other").mkdir()
-    shutil.copyfile(folder / "photo00.jpg", folder / "other" / "photo00.jpg")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def threshold(tiny_model_dir, photo_dir) -> float:
-    from clipseg_drywall.segmenters.pytorch import Segmenter
-
-    segmenter = Segmenter.from_pretrained(tiny_model_dir)
-    (result,) = segmenter.iter_segment([photo_dir / "photo00.jpg"], PROMPTS[:1], return_probabilities=True)
-    return float(np.median(result.probabilities[PROMPTS[0]]))
-
-
-def report_argv(photo_dir: Path, model: Path, output: Path, threshold: float, *extra: str) -> list[str]:
-    return [str(photo_dir), str(photo_dir / "other"), "--model", str(model), "--output", str(output),
-            "--threshold", f"{threshold:.6f}", "--mm_per_pixel", "0.05", "--batch_size", "2", *extra]
-
-
-@pytest.fixture(scope="module")
-def made(tiny_model_dir, photo_dir, threshold, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("report")
-    assert report.main(report_argv(photo_dir, tiny_model_dir, output, threshold)) == 0
-    return output
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def kept_regions(mask: np.ndarray, min_region_px: int) -> np.ndarray:

@@ -99,12 +99,24 @@ def check_flag_rules(texts: Sequence[str], scaled: bool) -> list[FlagRule]:
     return rules
 
 
-def photo_index(photos: Sequence[str]) -> dict[str, str]:
+def photo_index(photos: Sequence[str]) -> dict[str, str | None]:
     """{name: photo} for naming a report's photos in a CSV (a scale file, a review): by the path the report
-    lists, or by its file name (unique within a report: photos whose stems clash are skipped)."""
-    index = {Path(photo).name: photo for photo in photos}
+    lists, or by its file name where no other photo has it (None: a file name two photos share)."""
+    index: dict[str, str | None] = {}
+    for photo in photos:
+        name = Path(photo).name
+        index[name] = None if index.get(name, photo) != photo else photo
     index.update({photo: photo for photo in photos})
     return index
+
+
+def named_photo(name: str, index: dict[str, str | None]) -> str:
+    """The report's photo that `name` names (`photo_index`), or a ValueError that says why none."""
+    if name not in index:
+        raise ValueError(f"{name!r} is not a photo of this report")
+    if index[name] is None:
+        raise ValueError(f"{name!r} names more than one photo of this report: give its path as findings.csv lists it")
+    return index[name]
 
 
 def finding_row(photo: str, prompt: str, found: dict | None, mm_per_pixel: float | None,

@@ -219,7 +219,8 @@ def render_page(summary: PageSummary, photos: Sequence[str], rows: Sequence[dict
     body = []
     for rank, row in enumerate(ordered, start=1):
         cells = [_cell(key, rank, row) for _, key in columns]
-        body.append(f'<tr data-key="{rank - 1}" data-flagged="{int(row["flagged"])}" data-review="{row["review"]}">'
+        start = ' class="photo-start"' if rank == 1 or ordered[rank - 2]["photo"] != row["photo"] else ""
+        body.append(f'<tr data-key="{rank - 1}"{start} data-flagged="{int(row["flagged"])}" data-review="{row["review"]}">'
                     + "".join(f'<td data-v="{_e(value)}">{shown}</td>' for value, shown in cells) + "</tr>")
     return _template("page.html").format(
         title=f"Drywall inspection report: {len(photos)} photos", header=_header(summary, len(photos), skipped, rows),

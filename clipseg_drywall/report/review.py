@@ -15,24 +15,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..atomic_files import atomic_path
-from .findings import REVIEW_STATES, photo_index
+from .findings import REVIEW_STATES, named_photo, photo_index
 
 REVIEW_FILE = "review.csv"
 REVIEW_COLUMNS = ("photo", "prompt", "review", "note")
 Review = dict[tuple[str, str], tuple[str, str]]  # (photo, prompt) -> (review, note)
 
 
-def _check_row(row: dict, index: dict[str, str], prompts: set[str], where: str) -> tuple[tuple[str, str], str]:
+def _check_row(row: dict, index: dict[str, str | None], prompts: set[str], where: str) -> tuple[tuple[str, str], str]:
     """((photo, prompt), review) of one row of a review file, or a ValueError that says what is wrong."""
     name, prompt = (row["photo"] or "").strip(), (row["prompt"] or "").strip()
     review = (row["review"] or "open").strip().casefold()
     if review not in REVIEW_STATES:
         raise ValueError(f"{where}: review {row['review']!r} is not one of {', '.join(REVIEW_STATES)}")
-    if name not in index:
-        raise ValueError(f"{where}: {name!r} is not a photo of this report")
+    try:
+        photo = named_photo(name, index)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     if prompt not in prompts:
         raise ValueError(f"{where}: {prompt!r} is not a prompt of this report ({', '.join(sorted(prompts))})")
-    return (index[name], prompt), review
+    return (photo, prompt), review
 
 
 def read_review_file(path: Path, photos: Sequence[str], prompts: Sequence[str], what: str = "--review") -> Review:

@@ -12,7 +12,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from .findings import photo_index
+from .findings import named_photo, photo_index
 
 SCALE_COLUMNS = ("photo", "mm_per_pixel")
 
@@ -44,13 +44,14 @@ def read_scale_file(path: Path) -> dict[str, float]:
 
 
 def check_scales(scales: dict[str, float], photos: Sequence[str], source: str) -> dict[str, float]:
-    """The scales keyed by the report's photos; names that match no photo are refused, naming them."""
-    index = photo_index(photos)
-    if unknown := [name for name in scales if name not in index]:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise ValueError(f"--scale_file {source}: {shown} is not a photo of this report (name a photo by its file "
-                         "name or by its path as the report lists it)")
-    return {index[name]: value for name, value in scales.items()}
+    """The scales keyed by the report's photos; a name that matches no photo, or more than one, is refused."""
+    index, keyed = photo_index(photos), {}
+    for name, value in scales.items():
+        try:
+            keyed[named_photo(name, index)] = value
+        except ValueError as error:
+            raise ValueError(f"--scale_file {source}: {error}") from None
+    return keyed
 
 
 def unscaled(photos: Sequence[str], arguments: dict) -> list[str]:

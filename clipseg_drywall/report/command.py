@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _rerender_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m clipseg_drywall.report --rerender REPORT_DIR", description=rerender.__doc__,
+    parser = ArgumentParser(prog="python -m clipseg_drywall.report", description=rerender.__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rerender", required=True, type=Path, metavar="REPORT_DIR", help="the report folder")
     add_render_arguments(parser, rerender=True)

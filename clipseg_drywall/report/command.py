@@ -131,7 +131,9 @@ def check_arguments(args: argparse.Namespace, photos: list[Photo]) -> dict:
     args.prompt = list(dict.fromkeys(args.prompt or DEFAULT_PROMPTS))
     check_segmenter_arguments(args)  # prompts, threshold, batch size, photos, output folder, model source
     given = check_render_arguments(args)
-    scales = given["scales"] and check_scales(given["scales"], [photo.name for photo in photos], given["scale_file"])
+    scales = None
+    if given["scales"] is not None:  # names checked against the photos now, before the model loads
+        scales = check_scales(given["scales"], [photo.name for photo in photos], given["scale_file"])
     scaled = args.mm_per_pixel is not None or bool(scales)
     rules = [rule.text for rule in check_flag_rules(given["flag"] or DEFAULT_FLAG_RULES, scaled)]
     return {"inputs": [str(Path(name).resolve()) for name in args.inputs], "model": args.model,

@@ -77,7 +77,8 @@ def test_the_speck_filter_drops_specks_and_keeps_the_crack():
 
 @requires_shared
 def test_a_rerender_with_a_new_rule_equals_a_fresh_run(made, tiny_model_dir, photo_dir, threshold, tmp_path):
-    rules = ["--flag", "crack: max_width > 2px", "--flag", "segment taping area: regions >= 20"]
+    # a speck filter other than the default too: the fresh run measures it when it renders, the re-render too
+    rules = ["--flag", "crack: max_width > 2px", "--flag", "segment taping area: regions >= 20", "--min_region_px", "40"]
     folder = copy_of(made, tmp_path)
     assert report.main(["--rerender", str(folder), *rules]) == 0
     fresh = tmp_path / "fresh"
@@ -88,7 +89,7 @@ def test_a_rerender_with_a_new_rule_equals_a_fresh_run(made, tiny_model_dir, pho
     assert flagged and all(reason.startswith(("max_width", "regions")) for reason in flagged)
     run = json.loads((folder / "run.json").read_text())
     assert run["arguments"]["flag"] == ["crack: max_width > 2px", "segment taping area: regions >= 20"]
-    assert list(run["rerenders"][-1]["changed"]) == ["--flag"]
+    assert list(run["rerenders"][-1]["changed"]) == ["--flag", "--min_region_px"]
     assert run["rerenders"][-1]["changed"]["--flag"]["then"] == ["coverage > 0.5%"]
 
 

@@ -28,10 +28,15 @@ ARGUMENT_FLAGS = {"inputs": "PHOTOS", "model": "--model", "model_fingerprint": "
                   "severity_bands": "--severity_bands", "min_region_px": "--min_region_px"}
 
 
+# What a run.json written before an argument existed meant by its absence (no speck filter then).
+ABSENT_MEANT = {"min_region_px": 0}
+
+
 def differences(saved: dict, arguments: dict) -> list[str]:
     """'--flag: X then, Y now' for each argument that differs from the folder's run."""
-    return [f"{flag}: {saved.get(key)!r} then, {arguments[key]!r} now" for key, flag in ARGUMENT_FLAGS.items()
-            if saved.get(key) != arguments[key]]
+    then = {key: saved.get(key, ABSENT_MEANT.get(key)) for key in ARGUMENT_FLAGS}
+    return [f"{flag}: {then[key]!r} then, {arguments[key]!r} now" for key, flag in ARGUMENT_FLAGS.items()
+            if then[key] != arguments[key]]
 
 
 def check_folder(output: Path, arguments: dict, overwrite: bool) -> bool:

@@ -8,6 +8,7 @@ check everything before it changes a file. Nothing here imports torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,9 +46,15 @@ def run_threshold(run: dict) -> float:
     return float(given) if given is not None else threshold_of(model_config_and_card(run["arguments"]["model"])[0])
 
 
-def report_identity(run: dict) -> str:
-    """What names this report in the browser's storage (its review): when it started, and the model's fingerprint."""
-    return f"{run.get('started', '')}|{run['arguments'].get('model_fingerprint', '')[:16]}"
+def report_identity(run: dict, review: Review) -> str:
+    """What names this report in the browser's storage (its review): when it started, the model's fingerprint
+    and, once a review file was applied, a digest of that review, so that the page then starts from the file
+    (perhaps edited in a spreadsheet) rather than from what the browser kept before."""
+    identity = f"{run.get('started', '')}|{run['arguments'].get('model_fingerprint', '')[:16]}"
+    if review:
+        text = json.dumps(sorted([*key, *value] for key, value in review.items()), ensure_ascii=False)
+        identity += "|review:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    return identity
 
 
 def remeasured(output: Path, entries: dict[str, dict], min_region_px: int) -> dict[str, dict]:
@@ -82,8 +89,9 @@ def render(output: Path, photos: Sequence[str], entries: dict[str, dict], run: d
     arguments = run["arguments"]
     min_region_px = arguments.get("min_region_px", 0)  # a folder made before the filter: none
     rows = findings_rows(photos, remeasured(output, entries, min_region_px), arguments)
-    apply_review(rows, folder_review(output, photos, arguments["prompts"]) if review is None else review)
-    summary = page_summary(arguments, run_threshold(run), DEFAULT_FLAG_RULES, report_identity(run))
+    review = folder_review(output, photos, arguments["prompts"]) if review is None else review
+    apply_review(rows, review)
+    summary = page_summary(arguments, run_threshold(run), DEFAULT_FLAG_RULES, report_identity(run, review))
     return rows, render_page(summary, photos, rows)
 
 

@@ -7,7 +7,7 @@ findings as an inspector would (accept with the mouse and a note, reject and mov
 saves the page mid-review (docs/report-review.png). Needs Debian's `chromium` and `chromium-driver`.
 
     python benchmarks/report_screenshot.py [--model runs/clipseg-small] [--report_dir runs/report-screenshot]
-        [--mm_per_pixel 0.1] [--output docs/report.png] [--review_output docs/report-review.png]
+        [--mm_per_pixel 0.1] [--threshold T] [--output docs/report.png] [--review_output docs/report-review.png]
 
 Without --model it uses the first trained model found under runs/ (see `CANDIDATES`).
 """
@@ -81,6 +81,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="checkpoint folder (default: the first of CANDIDATES)")
     parser.add_argument("--report_dir", type=Path, help="where the report goes (default: a temporary folder)")
     parser.add_argument("--mm_per_pixel", type=float, default=0.1, help="the scale the report states (default: 0.1)")
+    parser.add_argument("--threshold", type=float, help="the report's --threshold (default: the model's calibrated one)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "report.png")
     parser.add_argument("--size", default="1400x1100", help="browser window, WIDTHxHEIGHT")
     parser.add_argument("--review_output", type=Path, default=REPO / "docs" / "report-review.png",
@@ -93,8 +94,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         report_dir = args.report_dir or Path(scratch) / "report"
         photos = validation_photos(Path(scratch) / "photos")
+        threshold = [] if args.threshold is None else ["--threshold", str(args.threshold)]
         code = report.main([str(photos), "--model", str(model), "--output", str(report_dir), "--overwrite",
-                            "--mm_per_pixel", str(args.mm_per_pixel)])
+                            "--mm_per_pixel", str(args.mm_per_pixel), *threshold])
         if code:
             return code
         for size, target, review in ((args.size, args.output, False), (args.review_size, args.review_output, True)):

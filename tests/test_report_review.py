@@ -206,6 +206,8 @@ def test_rerender_refuses_a_folder_that_is_not_a_finished_report(tmp_path, capsy
         assert words in capsys.readouterr().err
     assert exit_code(report.main, ["--rerender", str(tmp_path), "--mm_per_pixel", "0.1", "--scale_file", "s.csv"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert exit_code(report.main, ["--rerender", str(tmp_path), "photos/", "--model", "m"]) == 2
+    assert "takes no photos, model or segmenter options: photos/ --model m" in capsys.readouterr().err
 
 
 # --- the review in the browser ----------------------------------------------------------------------------

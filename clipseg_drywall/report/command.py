@@ -145,7 +145,10 @@ def check_arguments(args: argparse.Namespace, photos: list[Photo]) -> dict:
 
 def rerender_main(argv: list[str]) -> int:
     """`--rerender REPORT_DIR ...`: the report rendered again from its folder (see `rerender`)."""
-    args = _rerender_parser().parse_args(argv)
+    args, extra = _rerender_parser().parse_known_args(argv)
+    if extra:
+        raise ValueError(f"--rerender renders the folder's masks again, so it takes no photos, model or segmenter "
+                         f"options: {' '.join(extra)} (see --rerender REPORT_DIR --help)")
     record, rows = rerender.rerender(args.rerender, check_render_arguments(args), args.review)
     changed = "; ".join(f"{flag}: {value['then']!r} then, {value['now']!r} now" for flag, value in record["changed"].items())
     flagged = len({row["photo"] for row in rows if row["flagged"]})

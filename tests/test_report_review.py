@@ -140,6 +140,12 @@ def test_rerender_with_a_review_file_imports_no_torch(made, tmp_path):
     rows[4]["photo"] = Path(rows[4]["photo"]).name  # a photo named by its file name (photo01.jpg)
     rows[4].update(review="", note="look again in daylight")  # open, with a note
     punch_list = write_csv(tmp_path / "punch-list.csv", rows)
+    # a folder from before run.json kept the model's facts, whose model is not at hand: no model, no network
+    run = json.loads((folder / "run.json").read_text())
+    run["arguments"]["model"] = "org/a-model-elsewhere"
+    for key in ("threshold", "threshold_origin", "model_card"):
+        del run[key]
+    (folder / "run.json").write_text(json.dumps(run))
     completed = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "--rerender", str(folder), "--review",
                                 str(punch_list)], cwd=REPO, capture_output=True, text=True, timeout=120,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -152,6 +158,7 @@ def test_rerender_with_a_review_file_imports_no_torch(made, tmp_path):
         ["accepted", "rejected"]
     page = (folder / "index.html").read_text(encoding="utf-8")
     assert 'value="tape again, 40 cm"' in page and 'data-review="accepted"' in page
+    assert f"{run['arguments']['threshold']:g}: given on the command line" in page
     run = json.loads((folder / "run.json").read_text())
     assert run["rerenders"][-1]["review"] == {"file": str(punch_list), "accepted": 1, "rejected": 1, "open": 14}
     assert report.main(["--rerender", str(folder), "--severity_bands", "0.05,0.1,0.2"]) == 0  # keeps the review
@@ -282,7 +289,8 @@ def test_the_page_fits_a_1280_px_window(made, tmp_path):
         row["photo"] = row["photo"].replace("photo00", long_name.removesuffix(".jpg"))
         row["skip_reason"] = row["skip_reason"] and row["skip_reason"] + " " + long_name
     arguments = {**run["arguments"], "model": "/models/" + "clipseg-drywall-small-from-scratch-seed-0/" * 4}
-    summary = page_summary(arguments, 0.5, ("coverage > 0.5%",), "test")
+    facts = {"threshold": 0.5, "threshold_origin": "the package default", "model_card": "# a card\n" + "x" * 3000}
+    summary = page_summary(arguments, facts, ("coverage > 0.5%",), "test")
     stressed = folder / "stressed.html"
     stressed.write_text(render_page(summary, list(dict.fromkeys(row["photo"] for row in rows)), rows), encoding="utf-8")
     driver = start_chromium(1280, 900)

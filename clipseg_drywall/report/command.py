@@ -47,7 +47,7 @@ from . import rerender
 from .findings import DEFAULT_FLAG_RULES, check_flag_rules, parse_flag_rule
 from .folder import check_folder, start_folder
 from .measurements import DEFAULT_MIN_REGION_PX, SEVERITY_EDGES_MM, check_severity_edges
-from .page import PAGE_FILE
+from .page import PAGE_FILE, model_facts
 from .render import read_run, render, write_rendered
 from .runner import Photo, photo_list, run_report
 from .scales import check_scales, read_scale_file
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                    device=args.device or distributed.launched_device(), speed_options=args.speed,
                                    num_threads=distributed.cpu_threads_per_process())
         if fresh and distributed.is_main_process():
-            start_folder(args.output, arguments, segmenter.threshold)
+            start_folder(args.output, arguments, model_facts(args.model, args.threshold, segmenter.threshold))
         distributed.wait_for_everyone()
         entries = run_report(segmenter, photos, args.prompt, args.output)
         if not distributed.is_main_process():

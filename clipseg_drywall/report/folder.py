@@ -62,17 +62,17 @@ def check_folder(output: Path, arguments: dict, overwrite: bool) -> bool:
     return True
 
 
-def start_folder(output: Path, arguments: dict, threshold: float) -> None:
+def start_folder(output: Path, arguments: dict, model_facts: dict) -> None:
     """Clear what an earlier report wrote (only this command's own files) and tie `output` to these
-    arguments and the model's `threshold` (run.json). Called once the model has loaded, so a failed start
-    loses no earlier report."""
+    arguments (run.json, with the model's threshold, its origin and card: `page.model_facts`). Called once
+    the model has loaded, so a failed start loses no earlier report."""
     for path in [*(output / name for name in OWN_FILES), *output.glob(JOURNAL_GLOB)]:
         path.unlink(missing_ok=True)
     for name in OWN_FOLDERS:
         shutil.rmtree(output / name, ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    write_text(output / RUN_FILE, json.dumps({"arguments": arguments, "started": started, "threshold": threshold},
+    write_text(output / RUN_FILE, json.dumps({"arguments": arguments, "started": started, **model_facts},
                                                   indent=2) + "\n")
 
 

@@ -228,13 +228,15 @@ def render_page(summary: PageSummary, photos: Sequence[str], rows: Sequence[dict
         script=_template("page.js"))
 
 
-def model_config_and_card(model: str) -> tuple[dict, str | None]:
-    """(the model's config.json as a dict, its card text): from a local folder, or from the Hub cache."""
+def model_config_and_card(model: str, hub: bool = True) -> tuple[dict, str | None]:
+    """(the model's config.json as a dict, its card text): from a local folder, or (with `hub`) the Hub cache."""
     folder = Path(model).expanduser()
 
     def read(name: str) -> str | None:
         if folder.is_dir():
             return (folder / name).read_text(encoding="utf-8") if (folder / name).is_file() else None
+        if not hub:
+            return None
         try:
             from huggingface_hub import hf_hub_download
 
@@ -253,13 +255,20 @@ def threshold_origin(given: float | None, config: dict) -> str:
     return "the package default: the model has no calibrated threshold"
 
 
-def page_summary(arguments: dict, threshold: float, default_flag_rules: Sequence[str], report_id: str) -> PageSummary:
-    """What the page's header says the findings rest on, from the report's arguments; `report_id` names the
-    report in the browser's storage, where the page keeps its review."""
-    config, card = model_config_and_card(arguments["model"])
+def model_facts(model: str, given: float | None, threshold: float, hub: bool = True) -> dict:
+    """What the page says of the model: the threshold the masks were made with (`given`: --threshold), where
+    it came from, and the model's card. A run records them in run.json once the model has loaded, so that a
+    re-render needs neither the model folder nor the network."""
+    config, card = model_config_and_card(model, hub)
+    return {"threshold": threshold, "threshold_origin": threshold_origin(given, config), "model_card": card}
+
+
+def page_summary(arguments: dict, facts: dict, default_flag_rules: Sequence[str], report_id: str) -> PageSummary:
+    """What the page's header says the findings rest on, from the report's arguments and the model's `facts`
+    (`model_facts`); `report_id` names the report in the browser's storage, where the page keeps its review."""
     return PageSummary(
-        model=arguments["model"], model_card=card, backend=arguments["backend"], threshold=threshold,
-        threshold_origin=threshold_origin(arguments["threshold"], config),
+        model=arguments["model"], model_card=facts["model_card"], backend=arguments["backend"],
+        threshold=facts["threshold"], threshold_origin=facts["threshold_origin"],
         date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), prompts=arguments["prompts"],
         mm_per_pixel=arguments["mm_per_pixel"], flag_rules=arguments["flag"],
         default_flag_rules=tuple(arguments["flag"]) == tuple(default_flag_rules),

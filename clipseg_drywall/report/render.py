@@ -20,12 +20,12 @@ from ..segmenters.base import threshold_of
 from .findings import DEFAULT_FLAG_RULES, findings_rows, is_crack_prompt, write_findings
 from .folder import RUN_FILE, write_text
 from .measurements import measure
-from .page import PAGE_FILE, model_config_and_card, page_summary, render_page
+from .page import PAGE_FILE, model_config_and_card, model_facts, page_summary, render_page
 from .review import REVIEW_FILE, Review, apply_review, read_review_file
 
 
 def read_run(folder: Path) -> dict:
-    """REPORT_DIR/run.json: the arguments, the start time and the threshold of the run that made the folder."""
+    """REPORT_DIR/run.json: the arguments, the start time and the model's facts of the run that made the folder."""
     path = Path(folder) / RUN_FILE
     try:
         run = json.loads(path.read_text(encoding="utf-8"))
@@ -37,13 +37,16 @@ def read_run(folder: Path) -> dict:
     return run
 
 
-def run_threshold(run: dict) -> float:
-    """The threshold the masks were made with: run.json records it; a folder made before it did falls back
-    to --threshold, or to the model's calibrated one when the model folder is still there."""
-    if run.get("threshold") is not None:
-        return float(run["threshold"])
-    given = run["arguments"].get("threshold")
-    return float(given) if given is not None else threshold_of(model_config_and_card(run["arguments"]["model"])[0])
+def run_facts(run: dict) -> dict:
+    """The model's facts the page states (`page.model_facts`), as run.json recorded them when the model loaded;
+    for a folder made before it did, from the model folder if it is at hand (never the network)."""
+    if all(key in run for key in ("threshold", "threshold_origin", "model_card")):
+        return {key: run[key] for key in ("threshold", "threshold_origin", "model_card")}
+    arguments = run["arguments"]
+    config, _ = model_config_and_card(arguments["model"], hub=False)
+    given = arguments.get("threshold")
+    threshold = run.get("threshold") or (given if given is not None else threshold_of(config))
+    return model_facts(arguments["model"], given, float(threshold), hub=False)
 
 
 def report_identity(run: dict, review: Review) -> str:
@@ -91,7 +94,7 @@ def render(output: Path, photos: Sequence[str], entries: dict[str, dict], run: d
     rows = findings_rows(photos, remeasured(output, entries, min_region_px), arguments)
     review = folder_review(output, photos, arguments["prompts"]) if review is None else review
     apply_review(rows, review)
-    summary = page_summary(arguments, run_threshold(run), DEFAULT_FLAG_RULES, report_identity(run, review))
+    summary = page_summary(arguments, run_facts(run), DEFAULT_FLAG_RULES, report_identity(run, review))
     return rows, render_page(summary, photos, rows)
 
 

@@ -17,9 +17,10 @@ measured (8-connected regions of `skimage.measure.label`), so that a model's sca
 do not become "regions" or crack length; the mask files are never changed. The default,
 `DEFAULT_MIN_REGION_PX` = 16, comes from the annotated masks of both Roboflow exports in ../shared/data
 (640x640; `python benchmarks/region_sizes.py`): of their 2788 crack and 1256 joint regions, 55 and 15 are
-under 16 px, together 0.0006 % of the annotated pixels (slivers and degenerate polygons, not cracks one
-could act on), while between 16 and 100 px lie another 41 crack regions, short real fragments, which a
-larger default would drop.
+under 16 px, together 0.0006 % of the annotated pixels, and each of those 55 crack regions is a stray bit
+of a larger annotated crack, cut off where its polygon is thinner than a pixel: dropping one never drops a
+crack. Between 16 and 100 px lie another 41 crack regions, so a larger default would start to drop regions
+annotators drew.
 
 Widths and lengths are in pixels; `to_mm` scales them with a known `mm_per_pixel`. `severity`
 places a width in mm into bands (`SEVERITY_BANDS`). Nothing here imports torch.

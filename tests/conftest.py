@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from .helpers import CHROMEDRIVER, CHROMIUM, CLIPSEG_FILES, CRACKS, DATA, JOINTS, tiny_config_dict
+from .browser import start_chromium
+from .helpers import CLIPSEG_FILES, CRACKS, DATA, JOINTS, report_argv, tiny_config_dict
 
 # Fixtures that build the whole real dataset (20-30 s each) or evaluate a model end to end through the
 # script (a minute): a test that uses one is `slow`, out of the quick loop (`-m "not slow"`).
@@ -128,18 +132,56 @@ def learning_drywall_dir(shared_dataset, tmp_path_factory) -> Path:
     return path
 
 
+# --- the inspection report (test_report.py, test_report_review.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """4 crack and 2 joint validation photos, a file that is not an image, and a second folder whose photo has
+    the stem of one in the first (skipped: its masks would overwrite the other's)."""
+    if not (CRACKS.is_dir() and JOINTS.is_dir()):
+        pytest.skip(f"real photos not found in {CRACKS.parent}")
+    folder = tmp_path_factory.mktemp("photos")
+    sources = sorted((CRACKS / "valid" / "images").glob("*.jpg"))[:4] + sorted((JOINTS / "valid").glob("*.jpg"))[:2]
+    for index, source in enumerate(sources):
+        Image.open(source).convert("RGB").resize((320, 320)).save(folder / f"photo{index:02d}.jpg", quality=92)
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "other").mkdir()
+    shutil.copyfile(folder / "photo00.jpg", folder / "other" / "photo00.jpg")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def threshold(tiny_model_dir, photo_dir) -> float:
+    """The tiny model's median probability on a real photo: its masks then mark something, and differ by photo."""
+    from clipseg_drywall.report.command import DEFAULT_PROMPTS
+    from clipseg_drywall.segmenters.pytorch import Segmenter
+
+    segmenter = Segmenter.from_pretrained(tiny_model_dir)
+    (result,) = segmenter.iter_segment([photo_dir / "photo00.jpg"], DEFAULT_PROMPTS[:1], return_probabilities=True)
+    return float(np.median(result.probabilities[DEFAULT_PROMPTS[0]]))
+
+
+
+
+@pytest.fixture(scope="session")
+def made(tiny_model_dir, photo_dir, threshold, tmp_path_factory) -> Path:
+    """A report of `photo_dir` by the tiny model at 0.05 mm per pixel; tests that change it work on a copy."""
+    from clipseg_drywall.report.command import main
+
+    output = tmp_path_factory.mktemp("report")
+    assert main(report_argv(photo_dir, tiny_model_dir, output, threshold)) == 0
+    return output
+
+
+
+
+
+
 @pytest.fixture
 def chromium():
     """A headless Chromium driven by Selenium (1400x1600 window), quit after the test."""
-    pytest.importorskip("selenium", reason="the browser tests need selenium ([test] extra)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1600"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_chromium()
     yield driver
     driver.quit()
 

@@ -4,7 +4,6 @@ trainer factory, and how a command's exit and output are read."""
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -85,11 +84,6 @@ def index_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), "/usr/bin/chromedriver"
-requires_chromium = pytest.mark.skipif(
-    CHROMIUM is None or not Path(CHROMEDRIVER).is_file(),
-    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-
 # Training arguments that keep a test's trainer quiet and light: no reports, bars, evaluations or saves.
 QUIET = {"report_to": [], "disable_tqdm": True, "dataloader_pin_memory": False, "logging_steps": 1,
          "eval_strategy": "no", "save_strategy": "no"}
@@ -106,3 +100,13 @@ def make_trainer(output_dir: Path, data_dir: Path, *, config_dir: Path | None = 
     source = {"model_name_or_path": str(model_dir)} if model_dir else {"config_name": str(config_dir)}
     return build_trainer(ModelArguments(**source, tokenizer_name=str(CLIPSEG_FILES)),
                          DataArguments(dataset_path=str(data_dir), **(data or {})), CLIPSegTrainingArguments(**arguments))
+
+
+def report_argv(photo_dir: Path, model: Path, output: Path, threshold: float, *extra: str) -> list[str]:
+    return [str(photo_dir), str(photo_dir / "other"), "--model", str(model), "--output", str(output),
+            "--threshold", f"{threshold:.6f}", "--mm_per_pixel", "0.05", "--batch_size", "2", *extra]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

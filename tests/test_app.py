@@ -23,7 +23,8 @@ from clipseg_drywall.naming import mask_file_name, prompt_slugs
 from clipseg_drywall.prompts import all_prompts
 from clipseg_drywall.segmenters.pytorch import Segmenter
 
-from .helpers import CRACKS, JOINTS, requires_chromium, requires_shared
+from .browser import requires_chromium
+from .helpers import CRACKS, JOINTS, requires_shared
 
 pytest.importorskip("gradio", reason="the demo needs gradio: pip install -e '.[demo]'")
 

@@ -75,7 +75,7 @@ def test_output_folder_not_writable(tiny_model_dir, photo, tmp_path, capsys):
 
 @requires_shared
 def test_train_with_a_missing_dataset(tiny_config_dir, tmp_path):
-    from .conftest import CLIPSEG_FILES
+    from .helpers import CLIPSEG_FILES
 
     run = run_script("train.py", "--config_name", str(tiny_config_dir), "--tokenizer_name", str(CLIPSEG_FILES),
                      "--dataset_path", "/nonexistent", "--output_dir", str(tmp_path / "run"), "--max_steps", "1")
@@ -145,7 +145,7 @@ def test_usage_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsy
 def test_train_mistakes(tiny_config_dir, tiny_drywall_dir, tmp_path, capsys):
     from clipseg_drywall.training.run_training import main
 
-    from .conftest import CLIPSEG_FILES
+    from .helpers import CLIPSEG_FILES
 
     occupied = tmp_path / "a-file"
     occupied.write_text("mine")

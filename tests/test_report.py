@@ -8,7 +8,6 @@ photo, so that masks mark something and differ between photos.
 
 from __future__ import annotations
 
-import csv
 import html.parser
 import json
 import os
@@ -22,13 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 from skimage.draw import disk, line
 
 from clipseg_drywall.report import command as report
 from clipseg_drywall.report.findings import finding_row, parse_flag_rule
-from clipseg_drywall.report.measurements import measure, severity
+from clipseg_drywall.report.measurements import DEFAULT_MIN_REGION_PX, measure, severity
 
-from .helpers import CRACKS, JOINTS, REPO, exit_code, requires_chromium, requires_shared
+from .browser import requires_chromium
+from .helpers import REPO, exit_code, read_csv, report_argv, requires_shared
 
 PROMPTS = report.DEFAULT_PROMPTS
 
@@ -98,52 +99,16 @@ def test_severity_bands_and_flag_rules():
 # --- a report on real photos ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory) -> Path:
-    """4 crack and 2 joint validation photos, a file that is not an image, and a second folder whose photo has
-    the stem of one in the first (skipped: its masks would overwrite the other's)."""
-    if not (CRACKS.is_dir() and JOINTS.is_dir()):
-        pytest.skip(f"real photos not found in {CRACKS.parent}")
-    folder = tmp_path_factory.mktemp("photos")
-    sources = sorted((CRACKS / "valid" / "images").glob("*.jpg"))[:4] + sorted((JOINTS / "valid").glob("*.jpg"))[:2]
-    for index, source in enumerate(sources):
-        Image.open(source).convert("RGB").resize((320, 320)).save(folder / f"photo{index:02d}.jpg", quality=92)
-    (folder / "notes.jpg").write_text("not a photo")
-    (folder / "other").mkdir()
-    shutil.copyfile(folder / "photo00.jpg", folder / "other" / "photo00.jpg")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def threshold(tiny_model_dir, photo_dir) -> float:
-    from clipseg_drywall.segmenters.pytorch import Segmenter
-
-    segmenter = Segmenter.from_pretrained(tiny_model_dir)
-    (result,) = segmenter.iter_segment([photo_dir / "photo00.jpg"], PROMPTS[:1], return_probabilities=True)
-    return float(np.median(result.probabilities[PROMPTS[0]]))
-
-
-def report_argv(photo_dir: Path, model: Path, output: Path, threshold: float, *extra: str) -> list[str]:
-    return [str(photo_dir), str(photo_dir / "other"), "--model", str(model), "--output", str(output),
-            "--threshold", f"{threshold:.6f}", "--mm_per_pixel", "0.05", "--batch_size", "2", *extra]
-
-
-@pytest.fixture(scope="module")
-def made(tiny_model_dir, photo_dir, threshold, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("report")
-    assert report.main(report_argv(photo_dir, tiny_model_dir, output, threshold)) == 0
-    return output
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+def kept_regions(mask: np.ndarray, min_region_px: int) -> np.ndarray:
+    """The speck filter read independently of measurements.py: SciPy's 8-connected labels, small ones dropped."""
+    labels, _ = ndimage.label(mask > 0, structure=np.ones((3, 3)))
+    keep = np.bincount(labels.ravel()) >= min_region_px
+    keep[0] = False
+    return keep[labels]
 
 
 @requires_shared
 def test_findings_match_the_masks_they_name(made, photo_dir):
-    from clipseg_drywall.report.measurements import count_regions
-
     rows = read_csv(made / "findings.csv")
     assert len(rows) == 8 * len(PROMPTS)  # 6 photos, the unreadable one, the clashing stem
     assert [json.loads(line)["photo"] for line in (made / "findings.jsonl").read_text().splitlines()] == \
@@ -153,8 +118,9 @@ def test_findings_match_the_masks_they_name(made, photo_dir):
     for row in measured:
         mask = np.asarray(Image.open(made / row["mask"]))
         assert mask.shape == (320, 320) and set(np.unique(mask)) <= {0, 255}
-        assert float(row["coverage_percent"]) == pytest.approx(100 * (mask > 0).mean(), abs=5e-5)
-        assert int(row["regions"]) == count_regions(mask)
+        kept = kept_regions(mask, DEFAULT_MIN_REGION_PX)  # the default speck filter applies
+        assert float(row["coverage_percent"]) == pytest.approx(100 * kept.mean(), abs=5e-5)
+        assert int(row["regions"]) == ndimage.label(kept, structure=np.ones((3, 3)))[1]
         assert (made / row["overlay"]).is_file() and (made / "thumbs" / Path(row["overlay"]).name).is_file()
         assert Path(row["mask"]).name == f"{Path(row['photo']).stem}__{row['prompt'].replace(' ', '-')}.png"
         crack = row["prompt"] == "segment crack"
@@ -197,7 +163,7 @@ def test_page_parses_and_works_offline(made, threshold):
     checker = PageChecker()
     checker.feed(page)
     checker.close()
-    assert checker.open == [] and checker.rows == 2 + 8  # two header rows, one row per photo
+    assert checker.open == [] and checker.rows == 1 + 8 * len(PROMPTS)  # a header row, one row per finding
     assert checker.links and all(not link.startswith(("http:", "https:", "//")) for link in checker.links)
     assert all((made / link).is_file() for link in checker.links)
     for text in ("segment crack", "segment taping area", f"{float(f'{threshold:.6f}'):g}", "(--threshold)",
@@ -223,13 +189,14 @@ def test_page_sorts_when_a_header_is_clicked(made, chromium, tmp_path):
     photo_header.click()  # first click: descending
     photo_header.click()
     assert column(int(photo_header.get_attribute("data-col"))) == sorted(names) != names  # rows reordered
-    header = table.find_element(By.XPATH, ".//th[text()='coverage %']")  # the first prompt's coverage
+    header = table.find_element(By.XPATH, ".//th[text()='coverage %']")
     index = int(header.get_attribute("data-col"))
     header.click()
     descending = column(index)
     numbers = sorted(float(value) for value in descending if value)
-    assert [float(value) for value in descending[:-2]] == numbers[::-1]
-    assert descending[-2:] == ["", ""]  # the skipped photos have no value and stay last
+    skipped = 2 * len(PROMPTS)  # the two skipped photos' findings have no value and stay last
+    assert [float(value) for value in descending[:-skipped]] == numbers[::-1]
+    assert descending[-skipped:] == [""] * skipped
     chromium.find_element(By.ID, "flagged-only").click()
     shown = [row for row in table.find_elements(By.CSS_SELECTOR, "tbody tr") if row.is_displayed()]
     assert all(row.get_attribute("data-flagged") == "1" for row in shown)
@@ -420,7 +387,7 @@ def test_onnx_backend_gives_the_same_findings(made, tiny_model_dir, photo_dir, t
 
 PEAK_RSS = """
 import resource, sys
-from clipseg_drywall.report import main
+from clipseg_drywall.report.command import main
 code = main(sys.argv[1:])
 print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(code)

@@ -32,9 +32,12 @@ METRIC_UNITS = {"coverage": ("%",), "regions": ("",), "length": ("px", "mm"), "m
 _OPERATORS = {">": operator.gt, ">=": operator.ge}
 _RULE = re.compile(r"^\s*(?:(?P<scope>[^:]+?)\s*:)?\s*(?P<metric>[a-z_]+)\s*(?P<op>>=|>)\s*"
                    r"(?P<value>[0-9]*\.?[0-9]+)\s*(?P<unit>%|px|mm)?\s*$")
-FINDING_COLUMNS = ("photo", "prompt", "status", "skip_reason", "flagged", "flag_reason", "coverage_percent",
-                   "regions", "length_px", "max_width_px", "mean_width_px", "length_mm", "max_width_mm",
-                   "mean_width_mm", "severity", "mask", "overlay")
+# findings.csv's columns, and the punch list's that the page exports (the same file, with a review in it):
+# review is accepted, rejected or open (not reviewed yet); mm_per_pixel is the photo's scale, empty in pixels.
+FINDING_COLUMNS = ("photo", "prompt", "review", "note", "status", "skip_reason", "flagged", "flag_reason",
+                   "coverage_percent", "regions", "length_px", "max_width_px", "mean_width_px", "mm_per_pixel",
+                   "length_mm", "max_width_mm", "mean_width_mm", "severity", "mask", "overlay")
+REVIEW_STATES = ("accepted", "rejected", "open")
 
 
 def prompt_kind(prompt: str) -> str | None:
@@ -85,13 +88,35 @@ def parse_flag_rule(text: str) -> FlagRule:
     return FlagRule(text.strip(), scope, found["metric"], found["op"], float(found["value"]), unit)
 
 
-def check_flag_rules(texts: Sequence[str], mm_per_pixel: float | None) -> list[FlagRule]:
-    """The parsed rules; a rule in mm needs the scale."""
+def check_flag_rules(texts: Sequence[str], scaled: bool) -> list[FlagRule]:
+    """The parsed rules; a rule in mm needs a scale (`scaled`: --mm_per_pixel or --scale_file). With a scale
+    file, a rule in mm holds only for the photos it gives a scale."""
     rules = [parse_flag_rule(text) for text in texts]
     for rule in rules:
-        if rule.unit == "mm" and mm_per_pixel is None:
-            raise ValueError(f"--flag {rule.text!r} is in mm: give --mm_per_pixel (the photos' scale), or use px")
+        if rule.unit == "mm" and not scaled:
+            raise ValueError(f"--flag {rule.text!r} is in mm: give --mm_per_pixel or --scale_file (the photos' "
+                             "scale), or use px")
     return rules
+
+
+def photo_index(photos: Sequence[str]) -> dict[str, str | None]:
+    """{name: photo} for naming a report's photos in a CSV (a scale file, a review): by the path the report
+    lists, or by its file name where no other photo has it (None: a file name two photos share)."""
+    index: dict[str, str | None] = {}
+    for photo in photos:
+        name = Path(photo).name
+        index[name] = None if index.get(name, photo) != photo else photo
+    index.update({photo: photo for photo in photos})
+    return index
+
+
+def named_photo(name: str, index: dict[str, str | None]) -> str:
+    """The report's photo that `name` names (`photo_index`), or a ValueError that says why none."""
+    if name not in index:
+        raise ValueError(f"{name!r} is not a photo of this report")
+    if index[name] is None:
+        raise ValueError(f"{name!r} names more than one photo of this report: give its path as findings.csv lists it")
+    return index[name]
 
 
 def finding_row(photo: str, prompt: str, found: dict | None, mm_per_pixel: float | None,
@@ -101,10 +126,11 @@ def finding_row(photo: str, prompt: str, found: dict | None, mm_per_pixel: float
     (`found`: coverage, regions, length_px, max_width_px, mean_width_px, mask, overlay) or, for a photo
     that was skipped, `skip_reason`."""
     row = dict.fromkeys(FINDING_COLUMNS)
-    row.update(photo=photo, prompt=prompt, status="skipped" if found is None else "ok", skip_reason=skip_reason,
-               flagged=False, flag_reason="", severity="", mask="", overlay="")
+    row.update(photo=photo, prompt=prompt, review="open", note="", status="skipped" if found is None else "ok",
+               skip_reason=skip_reason, flagged=False, flag_reason="", severity="", mask="", overlay="")
     if found is None:
         return row
+    row["mm_per_pixel"] = mm_per_pixel
     row.update(coverage_percent=100.0 * found["coverage"], regions=found["regions"], mask=found["mask"],
                overlay=found["overlay"])
     for name in ("length", "max_width", "mean_width"):
@@ -143,14 +169,20 @@ def write_findings(rows: Sequence[dict], folder: Path) -> tuple[Path, Path]:
     return written[0], written[1]
 
 
+def scale_of(photo: str, arguments: dict) -> float | None:
+    """A photo's mm per pixel: --mm_per_pixel for every photo, or its row of --scale_file (None: not listed)."""
+    scales = arguments.get("scales")  # keyed by the report's photos (scales.check_scales)
+    return arguments["mm_per_pixel"] if scales is None else scales.get(photo)
+
+
 def findings_rows(photos: Sequence[str], entries: dict[str, dict], arguments: dict) -> list[dict]:
-    """One findings row per (photo, prompt), in photo order, then prompt order."""
-    rules = check_flag_rules(arguments["flag"], arguments["mm_per_pixel"])
+    """One findings row per (photo, prompt), in photo order, then prompt order; every review open."""
+    rules = check_flag_rules(arguments["flag"], arguments["mm_per_pixel"] is not None or bool(arguments.get("scales")))
     rows = []
     for photo in photos:
         entry = entries[photo]
         for prompt in arguments["prompts"]:
             found = entry["findings"][prompt] if entry["status"] == "ok" else None
-            rows.append(finding_row(photo, prompt, found, arguments["mm_per_pixel"], rules,
+            rows.append(finding_row(photo, prompt, found, scale_of(photo, arguments), rules,
                                     arguments["severity_bands"], skip_reason=entry.get("reason") or ""))
     return rows

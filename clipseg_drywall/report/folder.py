@@ -13,23 +13,30 @@ from pathlib import Path
 from ..atomic_files import atomic_path
 from .journal import JOURNAL_FILE, JOURNAL_GLOB
 from .page import PAGE_FILE, THUMBS_DIR
+from .review import REVIEW_FILE
 
 RUN_FILE = "run.json"
 MASKS_DIR = "masks"
 # What --overwrite removes: only what this command writes, never anything else in the folder.
-OWN_FILES = (RUN_FILE, JOURNAL_FILE, PAGE_FILE, "findings.csv", "findings.jsonl")
+OWN_FILES = (RUN_FILE, JOURNAL_FILE, PAGE_FILE, "findings.csv", "findings.jsonl", REVIEW_FILE)
 OWN_FOLDERS = (MASKS_DIR, THUMBS_DIR)
 # The arguments a report folder is tied to, with the flag that sets each (named when they differ).
 ARGUMENT_FLAGS = {"inputs": "PHOTOS", "model": "--model", "model_fingerprint": "--model (its files changed)",
                   "backend": "--backend", "prompts": "--prompt", "threshold": "--threshold",
                   "batch_size": "--batch_size", "device": "--device", "speed": "--speed",
-                  "mm_per_pixel": "--mm_per_pixel", "flag": "--flag", "severity_bands": "--severity_bands"}
+                  "mm_per_pixel": "--mm_per_pixel", "scales": "--scale_file", "flag": "--flag",
+                  "severity_bands": "--severity_bands", "min_region_px": "--min_region_px"}
+
+
+# What a run.json written before an argument existed meant by its absence (no speck filter then).
+ABSENT_MEANT = {"min_region_px": 0}
 
 
 def differences(saved: dict, arguments: dict) -> list[str]:
     """'--flag: X then, Y now' for each argument that differs from the folder's run."""
-    return [f"{flag}: {saved.get(key)!r} then, {arguments[key]!r} now" for key, flag in ARGUMENT_FLAGS.items()
-            if saved.get(key) != arguments[key]]
+    then = {key: saved.get(key, ABSENT_MEANT.get(key)) for key in ARGUMENT_FLAGS}
+    return [f"{flag}: {then[key]!r} then, {arguments[key]!r} now" for key, flag in ARGUMENT_FLAGS.items()
+            if then[key] != arguments[key]]
 
 
 def check_folder(output: Path, arguments: dict, overwrite: bool) -> bool:
@@ -55,16 +62,18 @@ def check_folder(output: Path, arguments: dict, overwrite: bool) -> bool:
     return True
 
 
-def start_folder(output: Path, arguments: dict) -> None:
+def start_folder(output: Path, arguments: dict, model_facts: dict) -> None:
     """Clear what an earlier report wrote (only this command's own files) and tie `output` to these
-    arguments (run.json). Called once the model has loaded, so a failed start loses no earlier report."""
+    arguments (run.json, with the model's threshold, its origin and card: `page.model_facts`). Called once
+    the model has loaded, so a failed start loses no earlier report."""
     for path in [*(output / name for name in OWN_FILES), *output.glob(JOURNAL_GLOB)]:
         path.unlink(missing_ok=True)
     for name in OWN_FOLDERS:
         shutil.rmtree(output / name, ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    write_text(output / RUN_FILE, json.dumps({"arguments": arguments, "started": started}, indent=2) + "\n")
+    write_text(output / RUN_FILE, json.dumps({"arguments": arguments, "started": started, **model_facts},
+                                                  indent=2) + "\n")
 
 
 def write_text(target: Path, text: str) -> None:

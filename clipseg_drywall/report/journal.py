@@ -1,11 +1,13 @@
 """The report's journal: REPORT_DIR/journal.jsonl, one JSON line per finished photo, flushed to disk
-before the next photo, so a killed run goes on where it stopped. Under `accelerate launch` process N
+before the next photo, so a killed run goes on where it stopped. Each finding records its mask's SHA-256
+(`file_sha256`), so that a re-render can tell a mask that changed since it was measured. Under `accelerate launch` process N
 journals in journal-N.jsonl; a reader takes them all, whichever number of processes wrote them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -13,6 +15,11 @@ from pathlib import Path
 
 JOURNAL_FILE = "journal.jsonl"
 JOURNAL_GLOB = "journal*.jsonl"  # journal.jsonl, and journal-N.jsonl of process N of a launched run
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex (a mask's, recorded beside its measurements)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # masks are small PNGs: read whole
 
 
 def journal_path(output: Path, rank: int) -> Path:

@@ -17,7 +17,7 @@ from ..naming import claim_stem, prompt_slugs
 from ..predict import image_files, loaded_images, write_mask
 from .findings import is_crack_prompt
 from .folder import MASKS_DIR
-from .journal import Journal, journal_path, read_journals
+from .journal import Journal, file_sha256, journal_path, read_journals
 from .measurements import measure
 from .page import THUMBS_DIR, thumbnail_name
 
@@ -50,7 +50,8 @@ def measure_photo(output: Path, photo: Photo, image: Image.Image, masks: dict, s
             thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
             save_image(thumbnail, output / thumbnail_name(overlay_name), quality=85)
         found = measure(mask, crack=is_crack_prompt(prompt)).as_dict()
-        findings[prompt] = {**found, "mask": f"{MASKS_DIR}/{mask_file.name}", "overlay": overlay_name}
+        findings[prompt] = {**found, "mask": f"{MASKS_DIR}/{mask_file.name}", "overlay": overlay_name,
+                            "mask_sha256": file_sha256(mask_file)}
     return {"photo": photo.name, "status": "ok", "size": list(image.size), "findings": findings}
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from .. import distributed
 from ..cli import ArgumentParser, user_errors
 from ..fingerprint import model_fingerprint
-from ..predict import add_segmenter_arguments
+from ..predict import add_segmenter_arguments, pipeline_options
 from ..predict import check_arguments as check_segmenter_arguments
 from ..prompts import CANONICAL_PROMPTS
 from ..segmenters import load_segmenter
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             start_folder(args.output, arguments)
         distributed.wait_for_everyone()
         photos = photo_list(args.inputs)
-        entries = run_report(segmenter, photos, args.prompt, args.output)
+        entries = run_report(segmenter, photos, args.prompt, args.output, pipeline_options(args))
         if not distributed.is_main_process():
             return 0  # the main process writes the report from every process's journal
         rows = write_report(args.output, [photo.name for photo in photos], entries, arguments, segmenter.threshold)

@@ -81,6 +81,21 @@ class BatchedSegmenter:
                        return_probabilities: bool) -> Iterator[Segmentation]:
         raise NotImplementedError
 
+    # ---- the batch pipeline's model stage (`clipseg_drywall.pipeline`) ----
+
+    def preprocessor(self):
+        """A picklable callable: RGB images -> the model's pixel batch (runs in the pipeline's decode workers)."""
+        raise NotImplementedError
+
+    def launch_masks(self, pixels, sizes: Sequence[tuple[int, int]], prompts: Sequence[str], threshold: float):
+        """Start segmenting a prepared pixel batch: each image's masks at its own `sizes` (width, height), on the
+        device; `collect_masks` of the returned handle gives them. A backend that cannot overlap computes here."""
+        raise NotImplementedError
+
+    def collect_masks(self, handle) -> list[np.ndarray]:
+        """Per image of a launched batch, uint8 {0, 255} masks (P, height, width) in host memory."""
+        return handle
+
     # ---- shared ----
 
     def prompt_embeddings(self, prompts: Sequence[str]):

@@ -54,6 +54,9 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.pixel_values(images)
+
     def pixel_values(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(B, 3, height, width) float32, as `processor.image_processor(images)["pixel_values"]`."""
         height, width = self.size
@@ -270,10 +273,12 @@ class OnnxSegmenter(BatchedSegmenter):
 
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         """Decoder logits (B, P, h, w) at the export's resolution: one image-encoder pass for the B images."""
+        return self._logits_from_pixels(self.preprocessing.pixel_values(images), prompts)
+
+    def _logits_from_pixels(self, pixels: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         conditional = self.prompt_embeddings(prompts)
-        pixels = self.preprocessing.pixel_values(images)
         activations = self._sessions["image_encoder"].run(None, {PIXEL_INPUT: pixels})
-        n_images, n_prompts = len(images), len(prompts)
+        n_images, n_prompts = len(pixels), len(prompts)
         # every (image, prompt) pair in one decoder call, image-major as in Segmenter.logits
         feeds = {activation_name(i): np.repeat(a, n_prompts, axis=0) for i, a in enumerate(activations)}
         feeds[CONDITIONAL_INPUT] = np.tile(conditional, (n_images, 1))
@@ -289,3 +294,11 @@ class OnnxSegmenter(BatchedSegmenter):
                 masks=dict(zip(prompts, masks)),
                 probabilities=dict(zip(prompts, probabilities)) if return_probabilities else None,
             )
+
+    def preprocessor(self) -> Preprocessing:
+        return self.preprocessing
+
+    def launch_masks(self, pixels, sizes, prompts, threshold) -> list[np.ndarray]:
+        """The batch's masks now (onnxruntime on the CPU has nothing to overlap), as `_segment_batch` makes them."""
+        return [(native_probabilities(image_logits, (height, width)) > threshold).astype(np.uint8) * np.uint8(255)
+                for image_logits, (width, height) in zip(self._logits_from_pixels(np.asarray(pixels), prompts), sizes)]

@@ -12,6 +12,7 @@ Numerics are those of the stock `CLIPSegForImageSegmentation.forward` (same func
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -115,13 +116,19 @@ class Segmenter(BatchedSegmenter):
     def _stack(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(embeddings)
 
+    def preprocessor(self) -> PixelValues:
+        return PixelValues(self.processor.image_processor)
+
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         """Decoder logits (B, P, h, w) at the processor's resolution: one vision pass for the B images."""
+        return self._logits_from_pixels(self.preprocessor()(images), prompts)
+
+    def _logits_from_pixels(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         conditional = self.prompt_embeddings(prompts)
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        activations = vision_activations(self.model, pixels.to(self.device, self.model.dtype))
-        n_images, n_prompts = len(images), len(prompts)
+        # non_blocking: from pinned memory (the pipeline's on cuda) the copy overlaps; otherwise it is a plain copy
+        activations = vision_activations(self.model, pixels.to(self.device, self.model.dtype, non_blocking=True))
+        n_images, n_prompts = pixels.shape[0], len(prompts)
         # every (image, prompt) pair in one decoder call: activations repeated per prompt (image-major)
         pairs = [a.repeat_interleave(n_prompts, dim=0) for a in activations]
         logits = decode(self.model, pairs, conditional.repeat(n_images, 1))
@@ -131,9 +138,62 @@ class Segmenter(BatchedSegmenter):
         logits = self.logits(images, prompts)
         for image, image_logits in zip(images, logits):
             probabilities = native_probabilities(image_logits, (image.height, image.width))
-            masks = (probabilities > threshold).to(torch.uint8).mul_(255).cpu().numpy()
+            masks = threshold_masks(probabilities, threshold).cpu().numpy()
             yield Segmentation(
                 size=image.size,
                 masks=dict(zip(prompts, masks)),
                 probabilities=dict(zip(prompts, probabilities.cpu().numpy())) if return_probabilities else None,
             )
+
+    @torch.inference_mode()
+    def launch_masks(self, pixels, sizes, prompts, threshold) -> list | PendingMasks:
+        """The batch's masks, made on the device exactly as `_segment_batch` makes them (native-size upsample,
+        sigmoid, threshold, uint8); on cuda one non-blocking copy of all of them into pinned memory, waited for
+        in `collect_masks` (the device goes on with the next batch meanwhile)."""
+        logits = self._logits_from_pixels(torch.as_tensor(pixels), prompts)
+        masks = [threshold_masks(native_probabilities(image_logits, (height, width)), threshold)
+                 for image_logits, (width, height) in zip(logits, sizes)]
+        if self.device.type != "cuda":
+            return [mask.cpu().numpy() for mask in masks]
+        flat = torch.cat([mask.reshape(-1) for mask in masks])
+        host = torch.empty(flat.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return PendingMasks(host, ready, [tuple(mask.shape) for mask in masks])
+
+    def collect_masks(self, handle) -> list:
+        if not isinstance(handle, PendingMasks):
+            return handle
+        handle.ready.synchronize()
+        views, start = [], 0
+        array = handle.host.numpy()
+        for shape in handle.shapes:
+            count = shape[0] * shape[1] * shape[2]
+            views.append(array[start:start + count].reshape(shape))
+            start += count
+        return views
+
+
+def threshold_masks(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
+    """uint8 {0, 255} masks of native-size probabilities, on their device."""
+    return (probabilities > threshold).to(torch.uint8).mul_(255)
+
+
+class PixelValues:
+    """The processor's image steps as the pipeline's decode workers run them (picklable)."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+@dataclass
+class PendingMasks:
+    """A cuda batch's masks on their way to pinned host memory: flat bytes, the copy's event, each image's shape."""
+
+    host: torch.Tensor
+    ready: torch.cuda.Event
+    shapes: list[tuple[int, int, int]]

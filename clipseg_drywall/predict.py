@@ -298,6 +298,14 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: whole batches are journaled, the rest is redone by a rerun
+        print("stopped: what finished is journaled; run the same command again to go on", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     with user_errors(argv):
         args = _parser().parse_args(argv)
         check_arguments(args)

@@ -64,10 +64,12 @@ def test_photos_are_dealt_once_and_same_stems_meet():
 
 @pytest.mark.slow
 def test_two_processes_write_what_one_writes(tiny_model_dir, photos, tmp_path):
-    common = [str(photos), "--model", str(tiny_model_dir), *PROMPTS, "--batch_size", "1", "--threshold", "0.5"]
+    """Batch 2: process k does batches k, k + 2, ... of the fixed order, so each photo meets the same batch-mate;
+    the launched run also decodes in a worker per process."""
+    common = [str(photos), "--model", str(tiny_model_dir), *PROMPTS, "--batch_size", "2", "--threshold", "0.5"]
     one = _predict([*common, "--output", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _predict([*common, "--output", str(tmp_path / "two")], LAUNCH)
+    two = _predict([*common, "--output", str(tmp_path / "two"), "--num_workers", "1"], LAUNCH)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "process 1/2: wrote" in two.stdout and "process 2/2: wrote" in two.stdout
     expected = _files(tmp_path / "one")

@@ -172,3 +172,15 @@ def test_sigterm_leaves_a_journal_that_resumes_to_the_same_outputs(tiny_model_di
                              timeout=300)
     assert resumed.returncode == 0 and int(resumed.stdout.split("skipped ")[1].split()[0]) >= 3, resumed.stdout
     assert _files(stopped) == _files(tmp_path / "whole")
+
+
+def test_defaults_fit_the_device_and_an_explicit_option_wins():
+    from clipseg_drywall.pipeline import PipelineOptions
+
+    cpu = PipelineOptions().resolved("cpu", 2)
+    assert (cpu.num_workers, cpu.write_threads, cpu.pin_memory) == (0, 1, False)  # the model needs both cores
+    gpu = PipelineOptions().resolved("cuda:0", 16)
+    assert gpu.pin_memory and gpu.write_threads == 4 and gpu.num_workers == 11
+    assert PipelineOptions(num_workers=3, pin_memory=False).resolved("cuda", 16).num_workers == 3
+    assert not PipelineOptions(pin_memory=False).resolved("cuda", 16).pin_memory
+    assert PipelineOptions(num_workers=2).resolved("cpu", 2).num_workers == 2

@@ -40,6 +40,7 @@ from .images import load_image
 from .model_card import EVALUATION_DIR, THRESHOLD_RECORD, write_model_card
 from .model_cost import footprint, model_files_dir
 from .naming import mask_file_name
+from .pipeline import batches_of
 from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
 from .scoring import (
     SWEEP,
@@ -98,8 +99,8 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
     """Segment every image (of `rows`, default all) under every prompt needed (one vision pass) and score each
     pair at once; with `masks` = (threshold, folder), also write the canonical prompts' masks as it goes.
 
-    Under `accelerate launch` each process takes a contiguous share of the rows, and the shares are
-    gathered in process order (`gather_scores`), so the statistics are those of one process."""
+    Under `accelerate launch` each process takes its batches of the rows (`score_split`), and the shares are
+    gathered and put back in row order, so the statistics are those of one process."""
     canonical = [canonical_prompt(t) for t in TASKS]
     extra = [p for t in TASKS for p in robustness_prompts(t) if p not in canonical] if robustness else []
     prompts = canonical + extra
@@ -143,14 +144,30 @@ def write_masks(probabilities: torch.Tensor, name: str, threshold: float, masks_
 
 def score_split(segmenter: BatchedSegmenter, split, batch_size: int, thresholds: Sequence[float], robustness: bool,
                 desc: str, masks: tuple[float, Path] | None = None) -> ScoredSplit:
-    """`segment_and_score` over this process's share of the split, gathered: every process gets the whole."""
+    """`segment_and_score` over this process's batches of the split (the batch pipeline's one dealing rule,
+    `pipeline.deal`: batch k of the rows to process k % size), gathered and put back in row order: every
+    process gets the whole, as one process scores it."""
     rank, size = distributed.world()
     if size == 1:
         return segment_and_score(segmenter, split, batch_size, thresholds, robustness, desc, masks)
-    share = distributed.contiguous_share(len(split))
+    share = batches_of(len(split), batch_size, rank, size)
     scored = segment_and_score(segmenter, split, batch_size, thresholds, robustness, f"{desc} ({rank + 1}/{size})",
                                masks, rows=share)
-    return ScoredSplit.concatenate(distributed.gather_objects(scored), thresholds)
+    gathered = ScoredSplit.concatenate(distributed.gather_objects(scored), thresholds)
+    return in_row_order(gathered, [row for part in distributed.gather_objects(share) for row in part])
+
+
+def in_row_order(scored: ScoredSplit, rows: Sequence[int]) -> ScoredSplit:
+    """`scored`, whose images are the split's `rows` in that order, with its images in row order."""
+    order = np.argsort(np.asarray(rows), kind="stable")
+    pairs = np.stack([2 * order, 2 * order + 1], axis=1).reshape(-1)  # own prompt, then the other task's
+    per_prompt = {}
+    for prompt, statistics in scored.per_prompt.items():
+        task = TASKS[int(statistics.task_id[0])]
+        mine = [rows[i] for i, image_task in enumerate(scored.tasks) if image_task == task]
+        per_prompt[prompt] = statistics.select(np.argsort(np.asarray(mine), kind="stable"))
+    return ScoredSplit(tasks=[scored.tasks[i] for i in order], names=[scored.names[i] for i in order],
+                       statistics=scored.statistics.select(pairs), per_prompt=per_prompt)
 
 
 def per_image_records(scored: ScoredSplit, threshold: float) -> list[dict]:

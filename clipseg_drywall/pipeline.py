@@ -60,6 +60,7 @@ import itertools
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -167,8 +168,6 @@ class _Decode:
 
 
 def _in_worker() -> bool:
-    import sys
-
     if "torch" not in sys.modules:
         return False
     from torch.utils.data import get_worker_info
@@ -299,7 +298,7 @@ def _collect(size: int, futures: list[tuple[Work, Future]]) -> BatchDone:
 def _decoded(decode: _Decode, batches: Iterable[list[Work]], options: PipelineOptions) -> Iterator[Iterator[_Prepared]]:
     """Stage 3: the prepared batches, in order; in DataLoader workers when `options.num_workers` > 0."""
     if not options.num_workers:
-        yield (decode[batch] for batch in batches)
+        yield (decode[batch].pin_memory() if options.pin_memory else decode[batch] for batch in batches)
         return
     try:
         from torch.utils.data import DataLoader

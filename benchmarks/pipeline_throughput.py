@@ -20,8 +20,8 @@ with 2 prompts, at one batch size, after one warm-up batch, model load excluded:
                 findings and the page
 
 Models: the tests' tiny random config (the work around the model dominates, as on a GPU) and the full-size
-CIDAS config (`--config`, random weights: speed does not depend on the values). serial and cli are run
-`--repeats` times, interleaved; medians. Per model a ratio line; the last line is
+CIDAS config (`--config`, random weights: speed does not depend on the values). Each stage runs `--repeats`
+times, interleaved with the others (the report `--report_repeats` times); medians. Per model a ratio line; the last line is
 `cli_vs_model_alone=<x> segmenter_vs_model_alone=<y> report_vs_cli=<z> overhead_vs_serial=<w>`, x, y and z
 from the full-size config (photos/s over photos/s) and w from the tiny model: the non-model milliseconds per
 photo (stage time minus model-alone time) of the cli over those of the serial path. The cli also checks it
@@ -194,18 +194,17 @@ def measure(name: str, model_dir: Path, files: list[Path], root: Path, args) -> 
     predict.load_segmenter = report.load_segmenter = lambda *a, **k: segmenter
     predict.model_fingerprint = report.model_fingerprint = lambda model: "benchmark"
     seconds: dict[str, list[float]] = {"model alone": [], "segmenter": [], "serial": [], "cli": [], "report": []}
-    seconds["model alone"].append(timed(model_alone, device))
-    seconds["segmenter"].append(timed(iter_segment, device))
-    for repeat in range(args.repeats):
-        for stage, make in (("serial", serial), ("cli", cli)):
-            output = root / name / f"{stage}-{repeat}"
-            seconds[stage].append(timed(make(output), device))
-    seconds["report"].append(timed(report_run(root / name / "report"), device))
+    for repeat in range(args.repeats):  # interleaved, so that a busy spell on the machine hits every stage
+        seconds["model alone"].append(timed(model_alone, device))
+        seconds["segmenter"].append(timed(iter_segment, device))
+        for stage, make in (("serial", serial), ("cli", cli), ("report", report_run)):
+            if stage == "report" and repeat >= args.report_repeats:
+                continue
+            seconds[stage].append(timed(make(root / name / f"{stage}-{repeat}"), device))
+            if repeat:
+                shutil.rmtree(root / name / f"{stage}-{repeat}")
     same = all(np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(root / name / "cli-0" / path.name)))
                for path in sorted((root / name / "serial-0").glob("*.png")))
-    for stage in ("serial", "cli"):
-        for repeat in range(1, args.repeats):
-            shutil.rmtree(root / name / f"{stage}-{repeat}")
     per_photo = {stage: statistics.median(values) / len(files) for stage, values in seconds.items()}
     print(f"\n{name}: {len(files)} photos 640x640, {len(PROMPTS)} prompts, batch {args.batch_size}, device {device}"
           f"{', ' + '+'.join(args.speed) if args.speed else ''}; masks of cli == serial, pixel for pixel: {same}")
@@ -229,15 +228,16 @@ def main() -> None:
     parser.add_argument("--speed", action="append", default=[], help="e.g. bf16 (opt-in, as predict's --speed)")
     parser.add_argument("--batch_size", type=int, help="default: 8 on the CPU, 32 on cuda")
     parser.add_argument("--tiny_photos", type=int, help="default: 128 on the CPU, 1024 on cuda")
-    parser.add_argument("--full_photos", type=int, help="default: 24 on the CPU, 512 on cuda")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of serial and cli each, interleaved (median)")
+    parser.add_argument("--full_photos", type=int, help="default: 16 on the CPU, 512 on cuda")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each stage, interleaved (median)")
+    parser.add_argument("--report_repeats", type=int, default=1, help="runs of the report (the slowest stage)")
     parser.add_argument("--num_workers", type=int, help="the pipeline's decode workers (default: fitted to the device)")
     parser.add_argument("--config", type=Path, default=SHARED / "clipseg-rd64-refined")
     parser.add_argument("--only", choices=("tiny", "full"), help="one model only")
     args = parser.parse_args()
     cuda = (args.device or "").startswith("cuda")
     args.batch_size = args.batch_size or (32 if cuda else 8)
-    counts = {"tiny": args.tiny_photos or (1024 if cuda else 128), "full": args.full_photos or (512 if cuda else 24)}
+    counts = {"tiny": args.tiny_photos or (1024 if cuda else 128), "full": args.full_photos or (512 if cuda else 16)}
     results = {}
     with tempfile.TemporaryDirectory(prefix="pipeline-throughput-") as scratch:
         root = Path(scratch)

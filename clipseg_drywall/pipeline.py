@@ -12,15 +12,16 @@ Stages, each bounded so that memory stays flat however many photos there are:
    order (a map-style dataset keyed by the batch), rather than an `IterableDataset` in which every worker
    would walk the inputs and re-check what is done: the walk, the resume checks and the failures of the
    walk stay in one place, and the DataLoader keeps the batches in order with at most
-   `num_workers * prefetch` of them decoded ahead. With 0 workers (the default on a CPU device, and the
-   only choice without torch, e.g. the slim ONNX install) the same function runs in the main process.
+   `num_workers * prefetch` of them decoded ahead. With 0 workers (the only choice without torch, e.g. the
+   slim ONNX install) the same function runs in the main process.
    An unreadable photo is caught in the worker and reported with the reason `load_image` gives.
 4. **model** on the device, one batch at a time (`BatchedSegmenter.launch_masks`): pixels copied with
    `non_blocking` from pinned memory on cuda;
 5. **native-size masks on the device**: the logits are upsampled to each photo's size, thresholded and
-   turned into uint8 {0, 255} there; only those bytes come back (one non-blocking copy per batch into
-   pinned memory, waited for one batch later, so the GPU already runs the next batch while the CPU
-   collects this one);
+   turned into uint8 {0, 255} there; only those bytes come back (on cuda one non-blocking copy per batch
+   into pinned memory, waited for one batch later, so the GPU already runs the next batch while the CPU
+   collects this one; on a CPU device each photo's masks are made in the write thread that writes them,
+   beside the model's next batch);
 6. **encode + write** in a small thread pool (PNG encoding and zlib release the GIL): the job's `finish`
    for each photo, atomic writes;
 7. **journal**: results come back to the job per batch, **in input order**, after every file of the batch
@@ -49,13 +50,15 @@ whole batches and leaves the journal as a kill would, only tidier.
 
 Defaults fit the device (`PipelineOptions.resolved`): on cuda, decode workers from the cores this process
 has (`distributed.cpu_threads_per_process`), pinned memory and non-blocking copies; on a CPU device the
-model needs every core, so decoding stays in the main process and one thread writes. An explicit option wins.
+model's threads have the cores, one worker decodes beside them (none on one core) and one thread makes the
+native-size masks and writes. An explicit option wins.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -203,9 +206,12 @@ class PipelineOptions:
         cuda = str(device or "cpu").startswith("cuda")
         write_threads = self.write_threads if self.write_threads is not None else (
             max(2, cores // 4) if cuda else 1)
-        # on a CPU device the model's threads need the cores: decoding beside them only competes for them
+        # on a CPU device the model's threads have the cores; one worker decodes beside them (a few % of the
+        # model's time with the full-size model, most of the time around a small one), none on one core
         num_workers = self.num_workers if self.num_workers is not None else (
-            max(1, min(12, cores - write_threads - 1)) if cuda else 0)
+            max(1, min(12, cores - write_threads - 1)) if cuda else min(1, cores - 1))
+        if self.num_workers is None and importlib.util.find_spec("torch") is None:
+            num_workers = 0  # the slim ONNX install: DataLoader workers need torch
         pin = self.pin_memory if self.pin_memory is not None else cuda
         return replace(self, num_workers=num_workers, write_threads=max(1, write_threads), pin_memory=pin)
 
@@ -278,12 +284,19 @@ def _submit(pool: ThreadPoolExecutor, segmenter, prepared: _Prepared, handle, pr
         if not work.pending:
             continue
         if (index := by_position.get(position)) is not None:
-            image = _as_image(prepared.images[index]) if prepared.images is not None else None
-            done = Done(work, dict(zip(prompts, masks[index])), image, prepared.sizes[index])
+            image = prepared.images[index] if prepared.images is not None else None
+            future = pool.submit(_finish, finish, work, masks, index, prompts, image, prepared.sizes[index])
         else:
-            done = Done(work, error=work.skip or prepared.errors.get(position) or "not read")
-        futures.append((work, pool.submit(finish, done)))
+            future = pool.submit(finish, Done(work, error=work.skip or prepared.errors.get(position) or "not read"))
+        futures.append((work, future))
     return len(prepared.works), futures
+
+
+def _finish(finish: Callable[[Done], Any], work: Work, masks: Sequence, index: int, prompts: list[str], image,
+            size: tuple[int, int]):
+    """In a write thread: the image's masks (made here when the backend defers them), then the job's `finish`."""
+    image = _as_image(image) if image is not None else None
+    return finish(Done(work, dict(zip(prompts, masks[index])), image, size))
 
 
 def _finished(batch: tuple[int, list[tuple[Work, Future]]]) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..prompts import warn_truncated
-from .base import BatchedSegmenter, Segmentation, threshold_of
+from .base import BatchedSegmenter, LazyMasks, Segmentation, threshold_of
 from .onnx_format import (
     CONDITIONAL_INPUT,
     CONFIG_FILE,
@@ -298,7 +298,12 @@ class OnnxSegmenter(BatchedSegmenter):
     def preprocessor(self) -> Preprocessing:
         return self.preprocessing
 
-    def launch_masks(self, pixels, sizes, prompts, threshold) -> list[np.ndarray]:
-        """The batch's masks now (onnxruntime on the CPU has nothing to overlap), as `_segment_batch` makes them."""
-        return [(native_probabilities(image_logits, (height, width)) > threshold).astype(np.uint8) * np.uint8(255)
-                for image_logits, (width, height) in zip(self._logits_from_pixels(np.asarray(pixels), prompts), sizes)]
+    def launch_masks(self, pixels, sizes, prompts, threshold) -> LazyMasks:
+        """The batch's logits now; each image's masks made when read, as `_segment_batch` makes them."""
+        logits = self._logits_from_pixels(np.asarray(pixels), prompts)
+
+        def make(index: int) -> np.ndarray:
+            width, height = sizes[index]
+            return (native_probabilities(logits[index], (height, width)) > threshold).astype(np.uint8) * np.uint8(255)
+
+        return LazyMasks(make, len(sizes))

@@ -11,10 +11,12 @@ Numerics are those of the stock `CLIPSegForImageSegmentation.forward` (same func
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
@@ -22,7 +24,7 @@ from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 from ..modeling import decode, text_embeddings, vision_activations
 from ..prompts import tokenize_prompts
 from ..upsampling import native_probabilities
-from .base import SPEED_OPTIONS, BatchedSegmenter, Segmentation, threshold_of
+from .base import SPEED_OPTIONS, BatchedSegmenter, LazyMasks, Segmentation, threshold_of
 
 
 def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[str] = ()) -> CLIPSegForImageSegmentation:
@@ -146,15 +148,15 @@ class Segmenter(BatchedSegmenter):
             )
 
     @torch.inference_mode()
-    def launch_masks(self, pixels, sizes, prompts, threshold) -> list | PendingMasks:
+    def launch_masks(self, pixels, sizes, prompts, threshold) -> LazyMasks | PendingMasks:
         """The batch's masks, made on the device exactly as `_segment_batch` makes them (native-size upsample,
         sigmoid, threshold, uint8); on cuda one non-blocking copy of all of them into pinned memory, waited for
         in `collect_masks` (the device goes on with the next batch meanwhile)."""
         logits = self._logits_from_pixels(torch.as_tensor(pixels), prompts)
+        if self.device.type != "cuda":  # made when read, in the pipeline's write threads (beside the next batch)
+            return LazyMasks(functools.partial(_native_masks, logits, sizes, threshold), len(sizes))
         masks = [threshold_masks(native_probabilities(image_logits, (height, width)), threshold)
                  for image_logits, (width, height) in zip(logits, sizes)]
-        if self.device.type != "cuda":
-            return [mask.cpu().numpy() for mask in masks]
         flat = torch.cat([mask.reshape(-1) for mask in masks])
         host = torch.empty(flat.shape, dtype=torch.uint8, pin_memory=True)
         host.copy_(flat, non_blocking=True)
@@ -173,6 +175,12 @@ class Segmenter(BatchedSegmenter):
             views.append(array[start:start + count].reshape(shape))
             start += count
         return views
+
+
+@torch.inference_mode()
+def _native_masks(logits: torch.Tensor, sizes, threshold: float, index: int) -> np.ndarray:
+    width, height = sizes[index]
+    return threshold_masks(native_probabilities(logits[index], (height, width)), threshold).cpu().numpy()
 
 
 def threshold_masks(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:

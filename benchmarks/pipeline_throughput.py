@@ -107,10 +107,21 @@ def serial_predict(segmenter, files: list[Path], prompts: list[str], output: Pat
 
 
 def photo_files(folder: Path, count: int) -> list[Path]:
-    """`count` 640x640 validation JPEGs in `folder`, linked under new names beyond the ones there are."""
-    sources = sorted((SHARED / "data" / "cracks" / "valid" / "images").glob("*.jpg"))
-    if not sources:
+    """`count` 640x640 validation JPEGs in `folder`, linked under new names beyond the ones there are (photos of
+    another size, e.g. the 256-px copies `../shared/tools/device-pack` carries to a GPU machine, are resized to
+    640x640 first, JPEG quality 90)."""
+    found = sorted((SHARED / "data" / "cracks" / "valid" / "images").glob("*.jpg"))
+    if not found:
         raise SystemExit(f"no photos in {SHARED / 'data' / 'cracks' / 'valid' / 'images'} (../shared)")
+    (folder.parent / "sources").mkdir(parents=True, exist_ok=True)
+    sources = []
+    for path in found:
+        with Image.open(path) as image:
+            if image.size == (640, 640):
+                sources.append(path)
+                continue
+            sources.append(folder.parent / "sources" / path.name)
+            image.convert("RGB").resize((640, 640), Image.Resampling.BICUBIC).save(sources[-1], quality=90)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for index in range(count):
@@ -229,7 +240,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, help="default: 8 on the CPU, 32 on cuda")
     parser.add_argument("--tiny_photos", type=int, help="default: 128 on the CPU, 1024 on cuda")
     parser.add_argument("--full_photos", type=int, help="default: 16 on the CPU, 512 on cuda")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each stage, interleaved (median)")
+    parser.add_argument("--repeats", type=int, help="runs of each stage, interleaved (median; default 3, 2 on cuda)")
     parser.add_argument("--report_repeats", type=int, default=1, help="runs of the report (the slowest stage)")
     parser.add_argument("--num_workers", type=int, help="the pipeline's decode workers (default: fitted to the device)")
     parser.add_argument("--config", type=Path, default=SHARED / "clipseg-rd64-refined")
@@ -237,6 +248,7 @@ def main() -> None:
     args = parser.parse_args()
     cuda = (args.device or "").startswith("cuda")
     args.batch_size = args.batch_size or (32 if cuda else 8)
+    args.repeats = args.repeats or (2 if cuda else 3)
     counts = {"tiny": args.tiny_photos or (1024 if cuda else 128), "full": args.full_photos or (512 if cuda else 16)}
     results = {}
     with tempfile.TemporaryDirectory(prefix="pipeline-throughput-") as scratch:

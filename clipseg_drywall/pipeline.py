@@ -12,8 +12,8 @@ Stages, each bounded so that memory stays flat however many photos there are:
    order (a map-style dataset keyed by the batch), rather than an `IterableDataset` in which every worker
    would walk the inputs and re-check what is done: the walk, the resume checks and the failures of the
    walk stay in one place, and the DataLoader keeps the batches in order with at most
-   `num_workers * prefetch` of them decoded ahead. With 0 workers (the only choice without torch, e.g. the
-   slim ONNX install) the same function runs in the main process.
+   `num_workers * prefetch` of them decoded ahead. With 0 workers (the only choice without torch, and the
+   ONNX backend's default) the same function runs in the main process.
    An unreadable photo is caught in the worker and reported with the reason `load_image` gives.
 4. **model** on the device, one batch at a time (`BatchedSegmenter.launch_masks`): pixels copied with
    `non_blocking` from pinned memory on cuda;
@@ -51,14 +51,14 @@ whole batches and leaves the journal as a kill would, only tidier.
 Defaults fit the device (`PipelineOptions.resolved`): on cuda, decode workers from the cores this process
 has (`distributed.cpu_threads_per_process`), pinned memory and non-blocking copies; on a CPU device the
 model's threads have the cores, one worker decodes beside them (none on one core) and one thread makes the
-native-size masks and writes. An explicit option wins.
+native-size masks and writes. The ONNX backend decodes in the main process unless told otherwise (it runs
+where torch may be missing). An explicit option wins.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -201,8 +201,10 @@ class PipelineOptions:
     pin_memory: bool | None = None  # pinned host memory and non-blocking copies (cuda)
     prefetch: int = 2  # batches decoded ahead per worker
 
-    def resolved(self, device: str | None, cores: int) -> PipelineOptions:
-        """Defaults that fit `device` with `cores` cores for this process (an option given wins)."""
+    def resolved(self, device: str | None, cores: int, backend: str = "torch") -> PipelineOptions:
+        """Defaults that fit `device` with `cores` cores for this process (an option given wins). Decode workers
+        are DataLoader processes, so by default only the torch backend gets them: the ONNX one runs where
+        torch may not be installed."""
         cuda = str(device or "cpu").startswith("cuda")
         write_threads = self.write_threads if self.write_threads is not None else (
             max(2, cores // 4) if cuda else 1)
@@ -210,8 +212,8 @@ class PipelineOptions:
         # model's time with the full-size model, most of the time around a small one), none on one core
         num_workers = self.num_workers if self.num_workers is not None else (
             max(1, min(12, cores - write_threads - 1)) if cuda else min(1, cores - 1))
-        if self.num_workers is None and importlib.util.find_spec("torch") is None:
-            num_workers = 0  # the slim ONNX install: DataLoader workers need torch
+        if self.num_workers is None and backend != "torch":
+            num_workers = 0
         pin = self.pin_memory if self.pin_memory is not None else cuda
         return replace(self, num_workers=num_workers, write_threads=max(1, write_threads), pin_memory=pin)
 
@@ -262,7 +264,14 @@ def run(segmenter, batches: Iterable[list[Work]], prompts: Sequence[str], finish
             for prepared in itertools.chain(prepared_batches, [None]):
                 handle = None
                 if prepared is not None and prepared.pixels is not None:
-                    handle = segmenter.launch_masks(prepared.pixels, prepared.sizes, prompts, threshold)
+                    try:
+                        handle = segmenter.launch_masks(prepared.pixels, prepared.sizes, prompts, threshold)
+                    except BaseException:  # what the model finished before the failure is still written
+                        if launched is not None:
+                            in_writing.append(_submit(pool, segmenter, *launched, prompts, finish))
+                        while in_writing:
+                            yield _collect(*in_writing.popleft())
+                        raise
                 if launched is not None:
                     in_writing.append(_submit(pool, segmenter, *launched, prompts, finish))
                     while len(in_writing) > limit or (in_writing and _finished(in_writing[0])):

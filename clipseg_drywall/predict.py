@@ -135,7 +135,7 @@ def predict(
     provenance = {"model": model_id, "threshold": repr(segmenter.threshold if threshold is None else float(threshold)),
                   "backend": segmenter.backend}
     options = (options or PipelineOptions()).resolved(str(getattr(segmenter, "device", "cpu")),
-                                                      distributed.cpu_threads_per_process())
+                                                      distributed.cpu_threads_per_process(), segmenter.backend)
     result = PredictResult()
 
     def plan(batch: list[Work]) -> list[Work]:  # this process's batches only: what is left to do
@@ -264,7 +264,8 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
                         help="opt-in CPU speed-up of the torch backend (repeatable); see README 'Performance'")
     parser.add_argument("--num_workers", type=int,
                         help="processes that decode and preprocess photos (default: on cuda, from this process's "
-                             "cores; on a CPU device 1, or 0 on one core; 0 decodes in the main process)")
+                             "cores; on a CPU device 1, or 0 on one core; --backend onnx: 0, which decodes in "
+                             "the main process)")
     parser.add_argument("--write_threads", type=int,
                         help="threads that encode and write the files (default: on cuda a quarter of the cores, "
                              "at least 2; on a CPU device 1)")

@@ -185,3 +185,4 @@ def test_defaults_fit_the_device_and_an_explicit_option_wins():
     assert PipelineOptions(num_workers=3, pin_memory=False).resolved("cuda", 16).num_workers == 3
     assert not PipelineOptions(pin_memory=False).resolved("cuda", 16).pin_memory
     assert PipelineOptions(num_workers=2).resolved("cpu", 2).num_workers == 2
+    assert PipelineOptions().resolved("cpu", 2, backend="onnx").num_workers == 0  # may run without torch

@@ -121,6 +121,7 @@ class Done:
     image: Image.Image | None = None  # the decoded photo, when the job asked for it (overlays)
     size: tuple[int, int] | None = None  # (width, height)
     error: str | None = None  # the skip reason, or why the photo could not be read
+    logits: Any = None  # with `LogitsHead`: the image's decoder logits (P, h, w), float32 on the CPU, no masks
 
 
 @dataclass
@@ -230,6 +231,43 @@ def check_options(num_workers: int | None, write_threads: int | None) -> None:
         raise ValueError(f"--write_threads must be at least 1, got {write_threads}")
 
 
+# ---- the model stage ----
+
+
+class MaskHead:
+    """The model stage of predict and the report: native-size uint8 masks made on the device
+    (`BatchedSegmenter.launch_masks`), handed on as `Done.masks`."""
+
+    def __init__(self, segmenter, prompts: list[str], threshold: float):
+        self.segmenter, self.prompts, self.threshold = segmenter, prompts, threshold
+
+    def launch(self, pixels, sizes: list[tuple[int, int]]):
+        return self.segmenter.launch_masks(pixels, sizes, self.prompts, self.threshold)
+
+    def collect(self, handle) -> Sequence:
+        return self.segmenter.collect_masks(handle)
+
+    def fields(self, image_output) -> dict:  # in a write thread
+        return {"masks": dict(zip(self.prompts, image_output))}
+
+
+class LogitsHead(MaskHead):
+    """The model stage of evaluate: each image's decoder logits (P, h, w) as float32 on the CPU, handed on as
+    `Done.logits` (evaluate scores native-size probabilities at many thresholds, not one mask)."""
+
+    def launch(self, pixels, sizes: list[tuple[int, int]]):
+        import torch
+
+        with torch.inference_mode():  # onnx: a numpy array
+            return torch.as_tensor(self.segmenter._logits_from_pixels(pixels, self.prompts)).float().cpu()
+
+    def collect(self, handle) -> Sequence:
+        return handle
+
+    def fields(self, image_output) -> dict:
+        return {"logits": image_output}
+
+
 # ---- the run ----
 
 
@@ -243,18 +281,19 @@ class BatchDone:
 
 def run(segmenter, batches: Iterable[list[Work]], prompts: Sequence[str], finish: Callable[[Done], Any], *,
         threshold: float | None = None, keep_images: bool = False,
-        options: PipelineOptions = PipelineOptions()) -> Iterator[BatchDone]:
+        options: PipelineOptions = PipelineOptions(), head: type[MaskHead] = MaskHead) -> Iterator[BatchDone]:
     """Stages 3-7 over this process's dealt `batches` (the job walks and deals, stages 1-2): each batch is
     decoded, segmented under every prompt and each pending input handed to `finish` (in a write thread);
     yields every batch, in order, once all of its `finish` calls have returned.
 
-    `options` should be resolved (`PipelineOptions.resolved`); `finish` gets a `Done` with the masks, or with
-    `error` for an input that was skipped or could not be read."""
+    `options` should be resolved (`PipelineOptions.resolved`); `finish` gets a `Done` with the masks (or the
+    logits, with `head=LogitsHead`), or with `error` for an input that was skipped or could not be read."""
     prompts = list(prompts)
     threshold = segmenter.threshold if threshold is None else float(threshold)
     segmenter.prompt_embeddings(prompts)  # reject empty prompts before any image work
     options = options if options.num_workers is not None else options.resolved(None, 1)
     decode = _Decode(segmenter.preprocessor(), keep_images)
+    model = head(segmenter, prompts, threshold)
     in_writing: collections.deque[tuple[int, list[tuple[Work, Future]]]] = collections.deque()
     limit = 2 + options.write_threads  # batches written at once: bounded memory
     with _terminate_as_interrupt(), ThreadPoolExecutor(options.write_threads, "write") as pool, \
@@ -265,15 +304,15 @@ def run(segmenter, batches: Iterable[list[Work]], prompts: Sequence[str], finish
                 handle = None
                 if prepared is not None and prepared.pixels is not None:
                     try:
-                        handle = segmenter.launch_masks(prepared.pixels, prepared.sizes, prompts, threshold)
+                        handle = model.launch(prepared.pixels, prepared.sizes)
                     except BaseException:  # what the model finished before the failure is still written
                         if launched is not None:
-                            in_writing.append(_submit(pool, segmenter, *launched, prompts, finish))
+                            in_writing.append(_submit(pool, model, *launched, finish))
                         while in_writing:
                             yield _collect(*in_writing.popleft())
                         raise
                 if launched is not None:
-                    in_writing.append(_submit(pool, segmenter, *launched, prompts, finish))
+                    in_writing.append(_submit(pool, model, *launched, finish))
                     while len(in_writing) > limit or (in_writing and _finished(in_writing[0])):
                         yield _collect(*in_writing.popleft())
                 launched = (prepared, handle) if prepared is not None else None
@@ -284,9 +323,9 @@ def run(segmenter, batches: Iterable[list[Work]], prompts: Sequence[str], finish
             raise
 
 
-def _submit(pool: ThreadPoolExecutor, segmenter, prepared: _Prepared, handle, prompts: list[str],
+def _submit(pool: ThreadPoolExecutor, model: MaskHead, prepared: _Prepared, handle,
             finish: Callable[[Done], Any]) -> tuple[int, list[tuple[Work, Future]]]:
-    masks = segmenter.collect_masks(handle) if handle is not None else []
+    outputs = model.collect(handle) if handle is not None else []
     by_position = dict(zip(prepared.decoded, range(len(prepared.decoded))))
     futures = []
     for position, work in enumerate(prepared.works):
@@ -294,18 +333,18 @@ def _submit(pool: ThreadPoolExecutor, segmenter, prepared: _Prepared, handle, pr
             continue
         if (index := by_position.get(position)) is not None:
             image = prepared.images[index] if prepared.images is not None else None
-            future = pool.submit(_finish, finish, work, masks, index, prompts, image, prepared.sizes[index])
+            future = pool.submit(_finish, finish, model, work, outputs, index, image, prepared.sizes[index])
         else:
             future = pool.submit(finish, Done(work, error=work.skip or prepared.errors.get(position) or "not read"))
         futures.append((work, future))
     return len(prepared.works), futures
 
 
-def _finish(finish: Callable[[Done], Any], work: Work, masks: Sequence, index: int, prompts: list[str], image,
+def _finish(finish: Callable[[Done], Any], model: MaskHead, work: Work, outputs: Sequence, index: int, image,
             size: tuple[int, int]):
     """In a write thread: the image's masks (made here when the backend defers them), then the job's `finish`."""
     image = _as_image(image) if image is not None else None
-    return finish(Done(work, dict(zip(prompts, masks[index])), image, size))
+    return finish(Done(work, image=image, size=size, **model.fields(outputs[index])))
 
 
 def _finished(batch: tuple[int, list[tuple[Work, Future]]]) -> bool:

@@ -30,17 +30,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPSegConfig
 
-from . import distributed
+from . import distributed, pipeline
 from .arguments import EvaluationArguments, parse_arguments
 from .atomic_files import atomic_path, check_writable_folder, save_mask
 from .case_grid import Case, case_grid
 from .cli import check_model_source, user_errors
 from .data import LAYOUT_KEY, OFFICIAL_LAYOUT, leaked_images, load_dataset_dict, read_build_stats, select_split
-from .images import load_image
+from .images import ImageLoadError, load_image
 from .model_card import EVALUATION_DIR, THRESHOLD_RECORD, write_model_card
 from .model_cost import footprint, model_files_dir
 from .naming import mask_file_name
-from .pipeline import batches_of
+from .pipeline import Done, LogitsHead, PipelineOptions, Work, batches_of
 from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
 from .scoring import (
     SWEEP,
@@ -97,7 +97,9 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
                       robustness: bool, desc: str, masks: tuple[float, Path] | None = None,
                       rows: Sequence[int] | None = None) -> ScoredSplit:
     """Segment every image (of `rows`, default all) under every prompt needed (one vision pass) and score each
-    pair at once; with `masks` = (threshold, folder), also write the canonical prompts' masks as it goes.
+    pair at once; with `masks` = (threshold, folder), also write the canonical prompts' masks as it goes. On the
+    batch pipeline (`clipseg_drywall.pipeline`, `LogitsHead`): the scoring and mask writing of a batch run in
+    a write thread beside the model's next batch.
 
     Under `accelerate launch` each process takes its batches of the rows (`score_split`), and the shares are
     gathered and put back in row order, so the statistics are those of one process."""
@@ -112,24 +114,40 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
     names = unique_names(split["image_id"])  # over the whole split: a share names its images as one process does
     rows = list(range(len(split))) if rows is None else list(rows)
     columns = split.select_columns(["image", "mask", "task"]).select(rows)
+    # fixed batches of `rows` (this process's, dealt by `score_split`): the batch pipeline decodes, runs the
+    # model and hands each image's logits to `score` in a write thread, in row order; datasets decodes the
+    # images as it reads the rows, so the pipeline's decode stage stays in this process
+    batches = ([Work(names[row], image, data=(row, mask, task)) for row, image, mask, task in
+                zip(rows[start:], batch["image"], batch["mask"], batch["task"])]
+               for start, batch in zip(range(0, len(rows), batch_size), columns.iter(batch_size=batch_size)))
+
+    def score(done: Done) -> tuple[str, str, ImageStatistics, dict[str, ImageStatistics]]:
+        row, mask, task = done.work.data
+        if done.error is not None:
+            raise ImageLoadError(f"{names[row]}: {done.error}")
+        width, height = done.size
+        target = torch.from_numpy(np.asarray(mask.convert("L")) > 127)
+        probabilities = native_probabilities(done.logits, (height, width))
+        own, other = TASKS.index(task), TASKS.index(other_task(task))
+        statistics = image_statistics([probabilities[own], probabilities[other]],
+                                      [target, torch.zeros_like(target)], [own, own], [False, True], thresholds)
+        robust = {prompt: image_statistics([probabilities[index]], [target], [own], [False], thresholds)
+                  for index, prompt in scored_prompts[task]}
+        if masks is not None:
+            write_masks(probabilities[: len(TASKS)], names[row], *masks)
+        return task, names[row], statistics, robust
+
+    options = PipelineOptions(num_workers=0).resolved(str(getattr(segmenter, "device", "cpu")),
+                                                      distributed.cpu_threads_per_process(), segmenter.backend)
     with tqdm(total=len(rows), desc=desc, unit="image") as progress:
-        for start, batch in zip(range(0, len(rows), batch_size), columns.iter(batch_size=batch_size)):
-            images = [load_image(image) for image in batch["image"]]
-            logits = torch.as_tensor(segmenter.logits(images, prompts)).float().cpu()  # onnx: a numpy array
-            for row, image, image_logits, mask, task in zip(rows[start:], images, logits, batch["mask"], batch["task"]):
-                target = torch.from_numpy(np.asarray(mask.convert("L")) > 127)
-                probabilities = native_probabilities(image_logits, (image.height, image.width))
-                own, other = TASKS.index(task), TASKS.index(other_task(task))
-                parts.append(image_statistics([probabilities[own], probabilities[other]],
-                                              [target, torch.zeros_like(target)], [own, own], [False, True], thresholds))
-                for index, prompt in scored_prompts[task]:
-                    per_prompt[prompt].append(image_statistics([probabilities[index]], [target], [own], [False],
-                                                               thresholds))
-                if masks is not None:
-                    write_masks(probabilities[: len(TASKS)], names[row], *masks)
+        for batch in pipeline.run(segmenter, batches, prompts, score, options=options, head=LogitsHead):
+            for _, (task, name, statistics, robust) in batch.results:
+                parts.append(statistics)
+                for prompt, part in robust.items():
+                    per_prompt[prompt].append(part)
                 out.tasks.append(task)
-                out.names.append(names[row])
-            progress.update(len(images))
+                out.names.append(name)
+            progress.update(batch.size)
     out.statistics = ImageStatistics.concatenate(parts, thresholds)
     out.per_prompt = {p: ImageStatistics.concatenate(v, thresholds) for p, v in per_prompt.items() if v}
     return out

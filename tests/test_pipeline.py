@@ -186,3 +186,57 @@ def test_defaults_fit_the_device_and_an_explicit_option_wins():
     assert not PipelineOptions(pin_memory=False).resolved("cuda", 16).pin_memory
     assert PipelineOptions(num_workers=2).resolved("cpu", 2).num_workers == 2
     assert PipelineOptions().resolved("cpu", 2, backend="onnx").num_workers == 0  # may run without torch
+
+
+@requires_shared
+def test_evaluate_on_the_pipeline_scores_as_the_serial_loop(tiny_model_dir, photos, tmp_path):
+    """segment_and_score on the pipeline gives the per-image statistics (every threshold, robustness prompts)
+    and masks of the serial loop it replaced, exactly."""
+    import datasets
+    import torch
+
+    from clipseg_drywall.images import load_image
+    from clipseg_drywall.prompts import TASKS, canonical_prompt, other_task, robustness_prompts
+    from clipseg_drywall.run_evaluation import segment_and_score, unique_names, write_masks
+    from clipseg_drywall.scoring import SWEEP, ImageStatistics, image_statistics
+    from clipseg_drywall.segmenters.pytorch import Segmenter
+    from clipseg_drywall.upsampling import native_probabilities
+
+    rng = np.random.default_rng(0)
+    images = [Image.open(photos / f"p{i:02d}.jpg") for i in range(5)]
+    masks = [Image.fromarray((rng.random(image.size[::-1]) > 0.9).astype(np.uint8) * 255) for image in images]
+    tasks = [TASKS[i % 2] for i in range(5)]
+    features = datasets.Features(image=datasets.Image(), mask=datasets.Image(), task=datasets.Value("string"),
+                                 image_id=datasets.Value("string"))
+    split = datasets.Dataset.from_dict({"image": images, "mask": masks, "task": tasks,
+                                        "image_id": [f"p{i}.jpg" for i in range(5)]}, features=features)
+    segmenter = Segmenter.from_pretrained(tiny_model_dir)
+    ours = segment_and_score(segmenter, split, 2, SWEEP, True, "test", masks=(0.5, tmp_path / "ours"))
+
+    # the serial loop as it was
+    canonical = [canonical_prompt(t) for t in TASKS]
+    prompts = canonical + [p for t in TASKS for p in robustness_prompts(t) if p not in canonical]
+    scored = {t: [(i, p) for i, p in enumerate(prompts) if p in robustness_prompts(t)] for t in TASKS}
+    names, parts, per_prompt = unique_names(split["image_id"]), [], {p: [] for p in prompts}
+    for start in range(0, 5, 2):
+        batch = split[start:start + 2]
+        loaded = [load_image(image) for image in batch["image"]]
+        logits = torch.as_tensor(segmenter.logits(loaded, prompts)).float().cpu()
+        for row, image, image_logits, mask, task in zip(range(start, 5), loaded, logits, batch["mask"], batch["task"]):
+            target = torch.from_numpy(np.asarray(mask.convert("L")) > 127)
+            probabilities = native_probabilities(image_logits, (image.height, image.width))
+            own, other = TASKS.index(task), TASKS.index(other_task(task))
+            parts.append(image_statistics([probabilities[own], probabilities[other]],
+                                          [target, torch.zeros_like(target)], [own, own], [False, True], SWEEP))
+            for index, prompt in scored[task]:
+                per_prompt[prompt].append(image_statistics([probabilities[index]], [target], [own], [False], SWEEP))
+            write_masks(probabilities[: len(TASKS)], names[row], 0.5, tmp_path / "serial")
+    theirs = ImageStatistics.concatenate(parts, SWEEP)
+    assert ours.tasks == tasks and ours.names == names
+    for field_name in ("task_id", "negative", "pixels", "target", "intersection", "predicted"):
+        assert np.array_equal(getattr(ours.statistics, field_name), getattr(theirs, field_name)), field_name
+    for prompt, values in per_prompt.items():
+        if values:
+            assert np.array_equal(ours.per_prompt[prompt].intersection,
+                                  ImageStatistics.concatenate(values, SWEEP).intersection), prompt
+    assert _files(tmp_path / "ours") == _files(tmp_path / "serial") and len(_files(tmp_path / "ours")) == 10

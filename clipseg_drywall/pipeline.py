@@ -98,6 +98,12 @@ def batches_of(n_items: int, batch_size: int, rank: int, world_size: int) -> lis
     return [i for _, batch in deal(range(n_items), batch_size, rank, world_size) for i in batch]
 
 
+def share_size(n_items: int, batch_size: int, rank: int, world_size: int) -> int:
+    """How many of `n_items` process `rank` does (`len(batches_of(...))`, without the list)."""
+    n_batches = -(-n_items // batch_size)
+    return sum(min(batch_size, n_items - k * batch_size) for k in range(rank, n_batches, world_size))
+
+
 # ---- what flows through ----
 
 

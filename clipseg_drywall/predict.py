@@ -40,7 +40,7 @@ from .fingerprint import model_fingerprint
 from .images import IMAGE_SUFFIXES
 from .mask_index import JOURNAL_STEM, fold_journals, read_index
 from .naming import avoid_taken_names, claim_stem, mask_file_name, prompt_slugs
-from .pipeline import Done, Journal, PipelineOptions, Work, batches_of, check_options, deal, journal_file
+from .pipeline import Done, Journal, PipelineOptions, Work, check_options, deal, journal_file, share_size
 from .pipeline import run as pipeline_run
 from .prompts import check_prompt
 from .segmenters import BACKENDS, load_segmenter
@@ -158,7 +158,7 @@ def predict(
                deal(_walk(inputs, input_list, result.failures), segmenter.batch_size, rank, size))
     try:
         with Journal(journal_file(output, rank, JOURNAL_STEM)).appending() as append, \
-                tqdm(total=len(batches_of(n_files, segmenter.batch_size, rank, size)),
+                tqdm(total=share_size(n_files, segmenter.batch_size, rank, size),
                      desc="segmenting" if size == 1 else f"segmenting ({rank + 1}/{size})", unit="image") as progress:
             for batch in pipeline_run(segmenter, batches, prompts, finish, threshold=threshold,
                                       keep_images=write_overlay, options=options):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_drywall.pipeline import Journal, batches_of, deal
+from clipseg_drywall.pipeline import Journal, batches_of, deal, share_size
 
 from .conftest import CRACKS, JOINTS, REPO, requires_shared
 
@@ -37,6 +37,7 @@ def test_the_dealing_rule_gives_every_item_once_in_fixed_batches():
         for rank, batches in dealt.items():
             assert all(k % world == rank and batch == items[4 * k:4 * k + 4] for k, batch in batches)
             assert batches_of(len(items), 4, rank, world) == [i for _, batch in batches for i in batch]
+            assert share_size(len(items), 4, rank, world) == len(batches_of(len(items), 4, rank, world))
 
 
 def test_the_journal_drops_a_line_a_kill_cut_short(tmp_path):

@@ -12,8 +12,8 @@ with 2 prompts, at one batch size, after one warm-up batch, model load excluded:
   segmenter     `Segmenter.iter_segment` on images decoded beforehand: preprocessing, the model, the
                 native-size masks, one thread
   serial        today's predict loop (`serial_predict` below, as `clipseg_drywall/predict.py` ran before the
-                pipeline): read, decode, preprocess, model, upsample, PNG at Pillow's default level, index rows,
-                one step after another in one thread
+                pipeline): read, decode, preprocess (the processor itself), model, upsample, PNG at Pillow's
+                default level, index rows, one step after another in one thread
   cli           `python -m clipseg_drywall.predict` (its `main`, with the loaded model handed in and the
                 fingerprint skipped): the batch pipeline with the defaults for the device
   report        `python -m clipseg_drywall.report` the same way: masks, overlays, thumbnails, measurements,
@@ -67,8 +67,18 @@ TINY_CONFIG = {  # tests/conftest.py's tiny_config_dict
 
 
 def serial_predict(segmenter, files: list[Path], prompts: list[str], output: Path) -> None:
-    """predict as it ran before the pipeline (one thread: chunk, decode, `iter_segment`, PNG at Pillow's default
-    level, the index shard appended and synced per batch, folded into index.csv at the end)."""
+    """predict as it ran before the pipeline (one thread: chunk, decode, `iter_segment` with the processor's own
+    preprocessing, PNG at Pillow's default level, the index shard appended and synced per batch, folded into
+    index.csv at the end)."""
+    pixel_values = segmenter.preprocessor()
+    fast, pixel_values.fast = pixel_values.fast, None  # today's preprocessing: the processor itself
+    try:
+        _serial_predict(segmenter, files, prompts, output)
+    finally:
+        pixel_values.fast = fast
+
+
+def _serial_predict(segmenter, files: list[Path], prompts: list[str], output: Path) -> None:
     from clipseg_drywall.atomic_files import save_image
     from clipseg_drywall.images import ImageLoadError, load_image
     from clipseg_drywall.mask_index import INDEX_COLUMNS, update_index

@@ -241,3 +241,18 @@ def test_evaluate_on_the_pipeline_scores_as_the_serial_loop(tiny_model_dir, phot
             assert np.array_equal(ours.per_prompt[prompt].intersection,
                                   ImageStatistics.concatenate(values, SWEEP).intersection), prompt
     assert _files(tmp_path / "ours") == _files(tmp_path / "serial") and len(_files(tmp_path / "ours")) == 6
+
+
+@requires_shared
+def test_the_fast_preprocessing_gives_the_processors_pixels_bit_for_bit(tiny_model_dir, photos):
+    import torch
+
+    from clipseg_drywall.images import load_image
+    from clipseg_drywall.segmenters.pytorch import Segmenter
+
+    segmenter = Segmenter.from_pretrained(tiny_model_dir)
+    assert segmenter.preprocessor().fast is not None
+    images = [load_image(path) for path in sorted(photos.glob("p0?.jpg"))]
+    images.append(Image.fromarray(np.random.default_rng(1).integers(0, 256, (31, 402, 3), dtype=np.uint8)))
+    expected = segmenter.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(segmenter.preprocessor()(images), expected)

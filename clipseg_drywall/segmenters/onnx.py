@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..prompts import warn_truncated
-from .base import BatchedSegmenter, LazyMasks, Segmentation, threshold_of
+from .base import BatchedSegmenter, LazyMasks, Preprocessing, Segmentation, threshold_of
 from .onnx_format import (
     CONDITIONAL_INPUT,
     CONFIG_FILE,
@@ -42,34 +41,7 @@ from .onnx_format import (
     version_tuple,
 )
 
-# ---- numerics: the processor's preprocessing and native_probabilities, in numpy ----
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """CLIPSegProcessor's image steps: resize to a fixed square, rescale, normalise."""
-
-    size: tuple[int, int]  # (height, width)
-    resample: int  # a PIL resampling filter (2: bilinear)
-    rescale_factor: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.pixel_values(images)
-
-    def pixel_values(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(B, 3, height, width) float32, as `processor.image_processor(images)["pixel_values"]`."""
-        height, width = self.size
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        batch = []
-        for image in images:
-            resized = np.asarray(image.resize((width, height), resample=Image.Resampling(self.resample)))
-            # the processor rescales in float64 and normalises in float32: same order, same result
-            scaled = (resized.astype(np.float64) * self.rescale_factor).astype(np.float32)
-            batch.append(((scaled - mean) / std).transpose(2, 0, 1))
-        return np.ascontiguousarray(np.stack(batch), dtype=np.float32)
-
+# ---- numerics: native_probabilities in numpy (the processor's preprocessing: `base.Preprocessing`) ----
 
 def _linear_indices(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(lower index, upper index, lower weight, upper weight) per output pixel along one axis, with

@@ -24,7 +24,7 @@ from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 from ..modeling import decode, text_embeddings, vision_activations
 from ..prompts import tokenize_prompts
 from ..upsampling import native_probabilities
-from .base import SPEED_OPTIONS, BatchedSegmenter, LazyMasks, Segmentation, threshold_of
+from .base import SPEED_OPTIONS, BatchedSegmenter, LazyMasks, Preprocessing, Segmentation, threshold_of
 
 
 def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[str] = ()) -> CLIPSegForImageSegmentation:
@@ -119,7 +119,9 @@ class Segmenter(BatchedSegmenter):
         return torch.stack(embeddings)
 
     def preprocessor(self) -> PixelValues:
-        return PixelValues(self.processor.image_processor)
+        if getattr(self, "_pixel_values", None) is None:
+            self._pixel_values = PixelValues(self.processor.image_processor)
+        return self._pixel_values
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
@@ -189,12 +191,22 @@ def threshold_masks(probabilities: torch.Tensor, threshold: float) -> torch.Tens
 
 
 class PixelValues:
-    """The processor's image steps as the pipeline's decode workers run them (picklable)."""
+    """The processor's image steps as the pipeline's decode workers run them (picklable): `base.Preprocessing`'s
+    numpy tables where they give the processor's pixels bit for bit (checked on a probe image here), else the
+    processor itself."""
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
+        self.fast = Preprocessing.of(image_processor)
+        if self.fast is not None:
+            probe = [Image.fromarray(np.random.default_rng(0).integers(0, 256, (53, 67, 3), dtype=np.uint8))]
+            if not np.array_equal(self.fast.pixel_values(probe),
+                                  image_processor(images=probe, return_tensors="np")["pixel_values"]):
+                self.fast = None
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        if self.fast is not None:
+            return torch.from_numpy(self.fast.pixel_values(images))
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 

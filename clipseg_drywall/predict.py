@@ -264,8 +264,8 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
                         help="opt-in CPU speed-up of the torch backend (repeatable); see README 'Performance'")
     parser.add_argument("--num_workers", type=int,
                         help="processes that decode and preprocess photos (default: on cuda, from this process's "
-                             "cores; on a CPU device 1, or 0 on one core; --backend onnx: 0, which decodes in "
-                             "the main process)")
+                             "cores; on a CPU device, and with --backend onnx, 0: decoding in the main process, "
+                             "since the model's threads have the cores)")
     parser.add_argument("--write_threads", type=int,
                         help="threads that encode and write the files (default: on cuda a quarter of the cores, "
                              "at least 2; on a CPU device 1)")

@@ -179,14 +179,13 @@ def test_defaults_fit_the_device_and_an_explicit_option_wins():
     from clipseg_drywall.pipeline import PipelineOptions
 
     cpu = PipelineOptions().resolved("cpu", 2)
-    assert (cpu.num_workers, cpu.write_threads, cpu.pin_memory) == (1, 1, False)
-    assert PipelineOptions().resolved(None, 1).num_workers == 0
+    assert (cpu.num_workers, cpu.write_threads, cpu.pin_memory) == (0, 1, False)  # the model has the cores
     gpu = PipelineOptions().resolved("cuda:0", 16)
     assert gpu.pin_memory and gpu.write_threads == 4 and gpu.num_workers == 11
     assert PipelineOptions(num_workers=3, pin_memory=False).resolved("cuda", 16).num_workers == 3
     assert not PipelineOptions(pin_memory=False).resolved("cuda", 16).pin_memory
     assert PipelineOptions(num_workers=2).resolved("cpu", 2).num_workers == 2
-    assert PipelineOptions().resolved("cpu", 2, backend="onnx").num_workers == 0  # may run without torch
+    assert PipelineOptions().resolved("cuda", 16, backend="onnx").num_workers == 0  # may run without torch
 
 
 @requires_shared

@@ -1,5 +1,5 @@
-"""The one batch pipeline: predict, the report and (through the same dealing rule) evaluate say only what to
-do with each photo's masks; everything else is here.
+"""The one batch pipeline: predict, the report and evaluate say only what to do with each photo's masks (or,
+for evaluate, its logits: `LogitsHead`); everything else is here.
 
 Stages, each bounded so that memory stays flat however many photos there are:
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,30 @@ def save_image(image: Image.Image, target: Path, **save_options) -> Path:
     return Path(target)
 
 
+# zlib level 1: a 640x640 mask encodes 2-5x faster than at Pillow's default (6), for files ~1.4x larger
+MASK_PNG_LEVEL = 1
+
+
 def save_mask(mask: np.ndarray, target: Path) -> Path:
     """A {0,255} uint8 mask as a single-channel PNG, atomically."""
-    return save_image(Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L"), target)
+    return save_image(Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L"), target,
+                      compress_level=MASK_PNG_LEVEL)
+
+
+# `atomic_path`'s temporary names: ".<target name>.<8 random characters><target suffix>" (tempfile.mkstemp)
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Remove what writes a kill interrupted left in `folder` (temporary names of `atomic_path` only); call it
+    before any process of a run writes there. Returns how many."""
+    removed = 0
+    for entry in os.scandir(folder):
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and entry.is_file() and match["target"].endswith(match["suffix"] or ""):
+            os.unlink(entry.path)
+            removed += 1
+    return removed
 
 
 def check_writable_folder(folder: Path, what: str = "--output") -> None:

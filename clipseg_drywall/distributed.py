@@ -1,22 +1,18 @@
-"""The processes of one job under `accelerate launch` (or torchrun): which inputs are this process's,
-the cores and device it gets, and the barrier.
+"""The processes of one job under `accelerate launch` (or torchrun): this process's index, the cores and
+device it gets, gathering, and the barrier.
 
 One process (a plain `python -m ...`) imports nothing here beyond the standard library, so the slim
 ONNX install runs `predict` as before; with `WORLD_SIZE` > 1 the state comes from accelerate's
 `PartialState`, the object training already uses.
 
-Photos are dealt out by a hash of their file stem, not in contiguous blocks: the walk over folders and
-`--input_list` stays lazy (no process holds the whole list), and two photos with the same stem (whose
-mask names would clash) always meet in the same process, which refuses the later one as one process
-does. Each photo is done by exactly one process; none is padded in or done twice.
+Which inputs are whose is the batch pipeline's one dealing rule (`pipeline.deal`: batch k of the input
+order to process k % size), for predict, the report and evaluate alike.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import zlib
-from pathlib import Path
 
 
 @functools.cache
@@ -51,15 +47,6 @@ def launched_device() -> str | None:
     return str(_state().device) if world()[1] > 1 else None
 
 
-def contiguous_share(n_items: int) -> list[int]:
-    """This process's block of `range(n_items)` (accelerate's `split_between_processes`: blocks in process
-    order, never padded), for work whose results are gathered back in order."""
-    if world()[1] == 1:
-        return list(range(n_items))
-    with _state().split_between_processes(list(range(n_items))) as share:
-        return list(share)
-
-
 def gather_objects(item: object) -> list:
     """`item` of every process, in process order, on every process."""
     if world()[1] == 1:
@@ -67,11 +54,6 @@ def gather_objects(item: object) -> list:
     from accelerate.utils import gather_object
 
     return gather_object([item])
-
-
-def owns(path: Path, rank: int, size: int) -> bool:
-    """Whether the process `rank` of `size` does `path`: by a stable hash of its stem (see the module doc)."""
-    return size == 1 or zlib.crc32(Path(path).stem.encode("utf-8")) % size == rank
 
 
 def cpu_threads_per_process() -> int:

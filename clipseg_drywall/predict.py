@@ -23,7 +23,6 @@ with exit status 1; the other images are still segmented. Every file is written 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -35,12 +34,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import distributed
-from .atomic_files import check_writable_folder, save_image, save_mask
+from .atomic_files import check_writable_folder, remove_temporaries, save_image, save_mask
 from .cli import ArgumentParser, check_model_source, user_errors
 from .fingerprint import model_fingerprint
-from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .mask_index import IndexShard, merge_index_shards, read_index
+from .images import IMAGE_SUFFIXES
+from .mask_index import JOURNAL_STEM, fold_journals, read_index
 from .naming import avoid_taken_names, claim_stem, mask_file_name, prompt_slugs
+from .pipeline import Done, Journal, PipelineOptions, Work, check_options, deal, journal_file, share_size
+from .pipeline import run as pipeline_run
 from .prompts import check_prompt
 from .segmenters import BACKENDS, load_segmenter
 from .segmenters.base import SPEED_OPTIONS, BatchedSegmenter, check_threshold
@@ -60,16 +61,6 @@ def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     colour = Image.new("RGB", image.size, OVERLAY_COLOUR)
     alpha = Image.fromarray((mask > 0).astype(np.uint8) * int(255 * OVERLAY_ALPHA), mode="L")
     return Image.composite(colour, image, alpha)
-
-
-def loaded_images(files: Sequence[Path], failures: list[tuple[str, str]]) -> Iterator[tuple[Path, Image.Image | None]]:
-    """(path, image), or (path, None) for a file that failed (recorded in `failures`)."""
-    for path in files:
-        try:
-            yield path, load_image(path)
-        except ImageLoadError as error:
-            failures.append((str(path), str(error).removeprefix(f"{path}: ")))
-            yield path, None
 
 
 @dataclass
@@ -121,73 +112,97 @@ def predict(
     input_list: Path | None = None,
     model_id: str = "",
     overwrite: bool = False,
+    options: PipelineOptions | None = None,
 ) -> PredictResult:
-    """Segment every image of `inputs` (and `input_list`) under every prompt, with any backend's segmenter.
+    """Segment every image of `inputs` (and `input_list`) under every prompt, with any backend's segmenter,
+    through the batch pipeline (`clipseg_drywall.pipeline`: its dealing rule, its journal, `options` for its
+    workers and threads, default: fitted to the device).
 
-    Under `accelerate launch` each process takes its share of the photos (`distributed.owns`) and journals
-    its rows in a shard, which the main process folds into `output/index.csv` at the end (and at the start,
-    for a run that was killed). A (photo, prompt) pair whose mask the index says was written by the same
-    model (`model_id`, a fingerprint), threshold and backend is skipped unless `overwrite`; a mask from
-    another one is redone, never kept."""
+    Under `accelerate launch` each process takes its batches and journals its rows, which the main process
+    folds into `output/index.csv` at the end (and at the start, for a run that was killed). A (photo, prompt)
+    pair whose mask the index says was written by the same model (`model_id`, a fingerprint), threshold and
+    backend is skipped unless `overwrite`; a mask from another one is redone, never kept."""
     prompts = list(dict.fromkeys(prompts))
     output = Path(output)
     rank, size = distributed.world()
     if distributed.is_main_process():
         output.mkdir(parents=True, exist_ok=True)
-        merge_index_shards(output)  # rows of a run that was killed before it could fold them in
+        remove_temporaries(output)  # of writes a kill interrupted
+        fold_journals(output)  # rows of a run that was killed before it could fold them in
     distributed.wait_for_everyone()
     index = read_index(output)
     slugs = avoid_taken_names(prompt_slugs(prompts), index)
     provenance = {"model": model_id, "threshold": repr(segmenter.threshold if threshold is None else float(threshold)),
                   "backend": segmenter.backend}
-    result, stems = PredictResult(), {}
-    mine = (path for path in iter_image_files(inputs, result.failures, input_list) if distributed.owns(path, rank, size))
-    total = sum(1 for path in iter_image_files(inputs, [], input_list) if distributed.owns(path, rank, size))
-    shard = IndexShard(output, rank)
+    options = (options or PipelineOptions()).resolved(str(getattr(segmenter, "device", "cpu")),
+                                                      distributed.cpu_threads_per_process(), segmenter.backend)
+    result = PredictResult()
+
+    def plan(batch: list[Work]) -> list[Work]:  # this process's batches only: what is left to do
+        for work in batch:
+            if work.skip is None:
+                work.data = _pending_prompts(work.path, prompts, slugs, index, provenance, output, write_overlay,
+                                             overwrite, result)
+                work.pending = bool(work.data)
+        return batch
+
+    def finish(done: Done) -> dict | str:  # in a write thread: the journal entry, or why the photo failed
+        if done.error is not None:
+            return done.error
+        return {"photo": done.work.name,
+                "rows": [_write(output, done.work.path, done.image, prompt, done.masks[prompt], slugs, write_overlay)
+                         | provenance for prompt in done.work.data]}
+
+    n_files = sum(1 for _ in iter_image_files(inputs, [], input_list))
+    batches = (plan(batch) for _, batch in
+               deal(_walk(inputs, input_list, result.failures), segmenter.batch_size, rank, size))
     try:
-        with tqdm(total=total, desc="segmenting" if size == 1 else f"segmenting ({rank + 1}/{size})",
-                  unit="image") as progress:
-            while chunk := list(itertools.islice(mine, segmenter.batch_size)):
-                work = _pending_work(chunk, prompts, slugs, index, provenance, output, write_overlay, overwrite,
-                                     result, stems)
-                images = [(path, image, todo) for (path, todo), (_, image) in
-                          zip(work, loaded_images([path for path, _ in work], result.failures)) if image is not None]
-                segmented = segmenter.iter_segment([image for _, image, _ in images], prompts, threshold) if images else []
-                rows = [_write(output, path, image, prompt, result_.masks[prompt], slugs, write_overlay, result.written)
-                        | provenance for (path, image, todo), result_ in zip(images, segmented) for prompt in todo]
-                shard.append(rows)
-                progress.update(len(chunk))
+        with Journal(journal_file(output, rank, JOURNAL_STEM)).appending() as append, \
+                tqdm(total=share_size(n_files, segmenter.batch_size, rank, size),
+                     desc="segmenting" if size == 1 else f"segmenting ({rank + 1}/{size})", unit="image") as progress:
+            for batch in pipeline_run(segmenter, batches, prompts, finish, threshold=threshold,
+                                      keep_images=write_overlay, options=options):
+                entries = []
+                for work, entry in batch.results:
+                    if isinstance(entry, str):
+                        result.failures.append((work.name, entry))
+                        continue
+                    entries.append(entry)
+                    for row in entry["rows"]:
+                        result.written.extend(output / name for name in (row["mask"], row["overlay"]) if name)
+                append(entries)
+                progress.update(batch.size)
     finally:  # what was written stays listed, even when a later image stops the call
-        shard.close()
         if size == 1:
-            merge_index_shards(output)
+            fold_journals(output)
     distributed.wait_for_everyone()
     if size > 1 and distributed.is_main_process():
-        merge_index_shards(output)
+        fold_journals(output)
     return result
 
 
-def _pending_work(chunk: list[Path], prompts: list[str], slugs: dict[str, str], index: dict[str, dict[str, str]],
-                  provenance: dict[str, str], output: Path, write_overlay: bool, overwrite: bool,
-                  result: PredictResult, stems: dict[str, str]) -> list[tuple[Path, list[str]]]:
-    """(photo, its prompts still to do) for the photos of `chunk` with anything to do; stem clashes go to failures."""
-    work = []
-    for path in chunk:
-        if clash := claim_stem(path, stems):  # same stem from another folder (it is dealt to this process too)
-            result.failures.append((str(path), clash))
+def _walk(inputs: Sequence[str | Path], input_list: Path | None, failures: list[tuple[str, str]]) -> Iterator[Work]:
+    """Stage 1: every image file in input order, a later one with a stem already seen refused (every process
+    walks them all, so the one that owns it refuses it as one process would)."""
+    stems: dict[str, str] = {}
+    for path in iter_image_files(inputs, failures, input_list):
+        yield Work(str(path), path, skip=claim_stem(path, stems))
+
+
+def _pending_prompts(path: Path, prompts: list[str], slugs: dict[str, str], index: dict[str, dict[str, str]],
+                     provenance: dict[str, str], output: Path, write_overlay: bool, overwrite: bool,
+                     result: PredictResult) -> list[str]:
+    """The prompts of `path` still to do (counted in `result` as skipped or redone)."""
+    todo = []
+    for prompt in prompts:
+        row = index.get(mask_file_name(path, prompt, slugs))
+        state = _done_state(row, path, prompt, provenance, output, write_overlay)
+        if state == "done" and not overwrite:
+            result.skipped += 1
             continue
-        todo = []
-        for prompt in prompts:
-            row = index.get(mask_file_name(path, prompt, slugs))
-            state = _done_state(row, path, prompt, provenance, output, write_overlay)
-            if state == "done" and not overwrite:
-                result.skipped += 1
-                continue
-            result.redone += state == "other"
-            todo.append(prompt)
-        if todo:
-            work.append((path, todo))
-    return work
+        result.redone += state == "other"
+        todo.append(prompt)
+    return todo
 
 
 def _done_state(row: dict[str, str] | None, path: Path, prompt: str, provenance: dict[str, str], output: Path,
@@ -203,14 +218,13 @@ def _done_state(row: dict[str, str] | None, path: Path, prompt: str, provenance:
     return "done"
 
 
-def _write(output: Path, path: Path, image: Image.Image, prompt: str, mask: np.ndarray,
-           slugs: dict[str, str], write_overlay: bool, written: list[Path]) -> dict[str, str]:
+def _write(output: Path, path: Path, image: Image.Image | None, prompt: str, mask: np.ndarray,
+           slugs: dict[str, str], write_overlay: bool) -> dict[str, str]:
     target, overlay_file = write_mask(output, path, image, prompt, mask, slugs, write_overlay)
-    written.extend(name for name in (target, overlay_file) if name is not None)
     return {"image": str(path), "prompt": prompt, "mask": target.name, "overlay": overlay_file.name if overlay_file else ""}
 
 
-def write_mask(output: Path, path: Path, image: Image.Image, prompt: str, mask: np.ndarray,
+def write_mask(output: Path, path: Path, image: Image.Image | None, prompt: str, mask: np.ndarray,
                slugs: dict[str, str], write_overlay: bool = True) -> tuple[Path, Path | None]:
     """`output/<image stem>__<prompt slug>.png` and, with `write_overlay`, the mask over the image as
     `..._overlay.jpg` beside it, both atomically: (mask file, overlay file or None)."""
@@ -239,12 +253,28 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose and run the segmenter (predict and the report share them)."""
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (an export folder with --backend onnx)")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the model config's)")
-    parser.add_argument("--batch_size", type=int, default=8, help="images per vision pass")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="images per vision pass (default 8: right for a CPU; on a GPU use 32-64 in fp32 and "
+                             "64-128 with --speed bf16, as memory allows: each photo needs its decoded pixels and "
+                             "native-size masks on the device)")
     parser.add_argument("--backend", default="torch", choices=BACKENDS,
                         help="torch (default) or onnx: an exported model on onnxruntime, without torch")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--speed", action="append", default=[], choices=SPEED_OPTIONS,
                         help="opt-in CPU speed-up of the torch backend (repeatable); see docs/benchmarks.md)")
+    parser.add_argument("--num_workers", type=int,
+                        help="processes that decode and preprocess photos (default: on cuda, from this process's "
+                             "cores; on a CPU device, and with --backend onnx, 0: decoding in the main process, "
+                             "since the model's threads have the cores)")
+    parser.add_argument("--write_threads", type=int,
+                        help="threads that encode and write the files (default: on cuda a quarter of the cores, "
+                             "at least 2; on a CPU device 1)")
+
+
+def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
+    """The pipeline options the flags give (unset ones fitted to the device when the run starts)."""
+    return PipelineOptions(num_workers=getattr(args, "num_workers", None),
+                           write_threads=getattr(args, "write_threads", None))
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -255,6 +285,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_threshold(args.threshold)
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
+    check_options(getattr(args, "num_workers", None), getattr(args, "write_threads", None))
     if not args.inputs and getattr(args, "input_list", None) is None:
         raise ValueError("no input: give image files or folders, or --input_list FILE")
     if getattr(args, "input_list", None) is not None and not args.input_list.is_file():
@@ -268,6 +299,14 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: whole batches are journaled, the rest is redone by a rerun
+        print("stopped: what finished is journaled; run the same command again to go on", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     with user_errors(argv):
         args = _parser().parse_args(argv)
         check_arguments(args)
@@ -275,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                                    device=args.device or distributed.launched_device(), speed_options=args.speed,
                                    num_threads=distributed.cpu_threads_per_process())
         result = predict(segmenter, args.inputs, args.prompt, args.output, write_overlay=args.overlay,
-                         input_list=args.input_list, model_id=model_fingerprint(args.model), overwrite=args.overwrite)
+                         input_list=args.input_list, model_id=model_fingerprint(args.model), overwrite=args.overwrite,
+                         options=pipeline_options(args))
     rank, size = distributed.world()
     who = "" if size == 1 else f"process {rank + 1}/{size}: "
     print(f"{who}wrote {len(result.written)} files to {args.output} (threshold {segmenter.threshold}); skipped "

@@ -2,10 +2,11 @@
 
 `CLIPSegProcessor`'s image processor takes about 2 ms an image on one core, most of it per-image Python
 and float64 work around a few array operations. Here the same operations, in the same order and
-precision (rescale in float64, normalise in float32), are computed once for each of the 256 values of
-each channel, and a batch of uint8 arrays is looked up in that table, so the pixel values are
-bit-identical to the processor's (tests/test_losses_collator.py, tests/test_onnx.py) at a fraction of
-the cost. The training collator and the ONNX segmenter both use it.
+precision (rescale in float64, normalise in float32), are computed once for each of the 256 levels of
+each channel, and 8-bit images are looked up in those tables, so the pixel values are bit-identical to
+the processor's (tests/test_losses_collator.py, tests/test_pipeline.py, tests/test_onnx.py) at a fraction
+of the cost. Training's collator, both segmenters (in the batch pipeline's decode workers: it pickles) and
+the ONNX export use it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+_VIT_PIL_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorPil")  # resize with PIL, as below
 
 
 @dataclass(frozen=True)
@@ -30,34 +33,44 @@ class Preprocessing:
     std: tuple[float, float, float]
 
     @classmethod
-    def of(cls, image_processor: Any) -> Preprocessing:
-        """The steps a transformers image processor takes (a disabled step becomes an identity)."""
-        if not image_processor.do_resize or "height" not in image_processor.size:
-            raise ValueError(f"the image processor must resize to a fixed size (do_resize={image_processor.do_resize}, "
-                             f"size={image_processor.size})")
-        normalize = image_processor.do_normalize
-        return cls(size=(int(image_processor.size["height"]), int(image_processor.size["width"])),
-                   resample=int(image_processor.resample),
-                   rescale_factor=float(image_processor.rescale_factor) if image_processor.do_rescale else 1.0,
+    def of(cls, image_processor: Any) -> Preprocessing | None:
+        """The steps of a transformers ViT image processor that resizes with PIL to a fixed size and does
+        nothing else (a disabled rescale or normalise becomes an identity); None for any other, which is then
+        called itself."""
+        size = image_processor.size if isinstance(image_processor.size, dict) else vars(image_processor.size)
+        height, width = size.get("height"), size.get("width")
+        if (type(image_processor).__name__ not in _VIT_PIL_PROCESSORS or not image_processor.do_resize
+                or height is None or width is None or getattr(image_processor, "do_center_crop", False)
+                or getattr(image_processor, "do_pad", False)):
+            return None
+        rescale, normalize = image_processor.do_rescale, image_processor.do_normalize
+        return cls(size=(int(height), int(width)), resample=int(image_processor.resample),
+                   rescale_factor=float(image_processor.rescale_factor) if rescale else 1.0,
                    mean=tuple(float(m) for m in image_processor.image_mean) if normalize else (0.0, 0.0, 0.0),
                    std=tuple(float(s) for s in image_processor.image_std) if normalize else (1.0, 1.0, 1.0))
 
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.pixel_values(images)
+
+    @functools.cached_property
+    def table(self) -> np.ndarray:
+        """(3, 256) float32: each channel's value of each 8-bit level, by the very operations of the float path."""
+        levels = np.arange(256, dtype=np.uint8)[None, :, None]  # as an image row of 256 pixels
+        return np.ascontiguousarray(self._float_path(np.broadcast_to(levels, (1, 256, 3)))[:, 0, :])
+
+    def _float_path(self, resized: np.ndarray) -> np.ndarray:
+        """(3, height, width) of one (height, width, 3) image: the processor rescales in float64 and
+        normalises in float32, in this order."""
+        scaled = (resized.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        return ((scaled - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+                ).transpose(2, 0, 1)
+
     def resized(self, image: Image.Image) -> np.ndarray:
-        """(height, width, 3) uint8 of an RGB image at the input size (the processor's PIL resize)."""
+        """(height, width, channels) array of an image at the input size (the processor's PIL resize)."""
         height, width = self.size
         if image.size != (width, height):
             image = image.resize((width, height), resample=Image.Resampling(self.resample))
         return np.asarray(image)
-
-    @functools.cached_property
-    def table(self) -> np.ndarray:
-        """(3, 256) float32: the pixel value of each uint8 value in each channel, computed as the processor
-        computes it (rescale in float64, normalise in float32): a lookup then gives the same bits at a
-        fifth of the cost of converting every pixel to float64."""
-        values = np.arange(256, dtype=np.float64)[:, None]  # (256, 1) against (3,) per channel
-        scaled = (values * self.rescale_factor).astype(np.float32)
-        normalized = (scaled - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(normalized.T)
 
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, height, width) float32 pixel values of a (B, height, width, 3) uint8 batch at the input size."""
@@ -67,5 +80,14 @@ class Preprocessing:
         return out
 
     def pixel_values(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(B, 3, height, width) float32, as `processor.image_processor(images)["pixel_values"]` (RGB images)."""
-        return self.normalize(np.stack([self.resized(image) for image in images]))
+        """(B, 3, height, width) float32, as `processor.image_processor(images)["pixel_values"]`: an 8-bit RGB
+        image through the tables (bit for bit the same, a few times faster), anything else the float path."""
+        height, width = self.size
+        batch = np.empty((len(images), 3, height, width), dtype=np.float32)
+        for index, image in enumerate(images):
+            resized = self.resized(image)
+            if resized.dtype == np.uint8 and resized.ndim == 3 and resized.shape[2] == 3:
+                batch[index] = self.normalize(resized[None])[0]
+            else:
+                batch[index] = self._float_path(resized)
+        return batch

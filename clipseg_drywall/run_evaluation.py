@@ -28,16 +28,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, pipeline
 from .arguments import EvaluationArguments, parse_arguments
 from .atomic_files import atomic_path, check_writable_folder, save_mask
 from .case_grid import Case, case_grid
 from .cli import check_model_source, user_errors
 from .data import LAYOUT_KEY, OFFICIAL_LAYOUT, leaked_images, load_dataset_dict, read_build_stats, select_split
-from .images import load_image
+from .images import ImageLoadError, load_image
 from .model_card import store_evaluation
 from .model_cost import footprint, model_files_dir
 from .naming import mask_file_name
+from .pipeline import Done, LogitsHead, PipelineOptions, Work, batches_of
 from .prompts import TASKS, canonical_prompt, other_task, robustness_prompts, task_of_prompt
 from .scoring import (
     SWEEP,
@@ -94,11 +95,12 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
                       robustness: bool, desc: str, masks: tuple[float, Path] | None = None,
                       rows: Sequence[int] | None = None) -> ScoredSplit:
     """Segment every image (of `rows`, default all) under every prompt needed (one vision pass) and score each
-    pair at once; with `masks` = (threshold, folder), also write the canonical prompts' masks as it goes.
+    pair at once; with `masks` = (threshold, folder), also write the canonical prompts' masks as it goes. On the
+    batch pipeline (`clipseg_drywall.pipeline`, `LogitsHead`): the scoring and mask writing of a batch run in
+    a write thread beside the model's next batch.
 
-    Under `accelerate launch` each process takes a contiguous share of the rows, and the shares are
-    gathered in process order (`score_split`, through `distributed.gather_objects`), so the statistics are
-    those of one process."""
+    Under `accelerate launch` each process takes its batches of the rows (`score_split`), and the shares are
+    gathered and put back in row order, so the statistics are those of one process."""
     canonical = [canonical_prompt(t) for t in TASKS]
     extra = [p for t in TASKS for p in robustness_prompts(t) if p not in canonical] if robustness else []
     prompts = canonical + extra
@@ -110,24 +112,40 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
     names = unique_names(split["image_id"])  # over the whole split: a share names its images as one process does
     rows = list(range(len(split))) if rows is None else list(rows)
     columns = split.select_columns(["image", "mask", "task"]).select(rows)
+    # fixed batches of `rows` (this process's, dealt by `score_split`): the batch pipeline decodes, runs the
+    # model and hands each image's logits to `score` in a write thread, in row order; datasets decodes the
+    # images as it reads the rows, so the pipeline's decode stage stays in this process
+    batches = ([Work(names[row], image, data=(row, mask, task)) for row, image, mask, task in
+                zip(rows[start:], batch["image"], batch["mask"], batch["task"])]
+               for start, batch in zip(range(0, len(rows), batch_size), columns.iter(batch_size=batch_size)))
+
+    def score(done: Done) -> tuple[str, str, ImageStatistics, dict[str, ImageStatistics]]:
+        row, mask, task = done.work.data
+        if done.error is not None:
+            raise ImageLoadError(f"{names[row]}: {done.error}")
+        width, height = done.size
+        target = torch.from_numpy(np.asarray(mask.convert("L")) > 127)
+        probabilities = native_probabilities(done.logits, (height, width))
+        own, other = TASKS.index(task), TASKS.index(other_task(task))
+        statistics = image_statistics([probabilities[own], probabilities[other]],
+                                      [target, torch.zeros_like(target)], [own, own], [False, True], thresholds)
+        robust = {prompt: image_statistics([probabilities[index]], [target], [own], [False], thresholds)
+                  for index, prompt in scored_prompts[task]}
+        if masks is not None:
+            write_masks(probabilities[: len(TASKS)], names[row], *masks)
+        return task, names[row], statistics, robust
+
+    options = PipelineOptions(num_workers=0).resolved(str(getattr(segmenter, "device", "cpu")),
+                                                      distributed.cpu_threads_per_process(), segmenter.backend)
     with tqdm(total=len(rows), desc=desc, unit="image") as progress:
-        for start, batch in zip(range(0, len(rows), batch_size), columns.iter(batch_size=batch_size)):
-            images = [load_image(image) for image in batch["image"]]
-            logits = torch.as_tensor(segmenter.logits(images, prompts)).float().cpu()  # onnx: a numpy array
-            for row, image, image_logits, mask, task in zip(rows[start:], images, logits, batch["mask"], batch["task"]):
-                target = torch.from_numpy(np.asarray(mask.convert("L")) > 127)
-                probabilities = native_probabilities(image_logits, (image.height, image.width))
-                own, other = TASKS.index(task), TASKS.index(other_task(task))
-                parts.append(image_statistics([probabilities[own], probabilities[other]],
-                                              [target, torch.zeros_like(target)], [own, own], [False, True], thresholds))
-                for index, prompt in scored_prompts[task]:
-                    per_prompt[prompt].append(image_statistics([probabilities[index]], [target], [own], [False],
-                                                               thresholds))
-                if masks is not None:
-                    write_masks(probabilities[: len(TASKS)], names[row], *masks)
+        for batch in pipeline.run(segmenter, batches, prompts, score, options=options, head=LogitsHead):
+            for _, (task, name, statistics, robust) in batch.results:
+                parts.append(statistics)
+                for prompt, part in robust.items():
+                    per_prompt[prompt].append(part)
                 out.tasks.append(task)
-                out.names.append(names[row])
-            progress.update(len(images))
+                out.names.append(name)
+            progress.update(batch.size)
     out.statistics = ImageStatistics.concatenate(parts, thresholds)
     out.per_prompt = {p: ImageStatistics.concatenate(v, thresholds) for p, v in per_prompt.items() if v}
     return out
@@ -142,14 +160,30 @@ def write_masks(probabilities: torch.Tensor, name: str, threshold: float, masks_
 
 def score_split(segmenter: BatchedSegmenter, split, batch_size: int, thresholds: Sequence[float], robustness: bool,
                 desc: str, masks: tuple[float, Path] | None = None) -> ScoredSplit:
-    """`segment_and_score` over this process's share of the split, gathered: every process gets the whole."""
+    """`segment_and_score` over this process's batches of the split (the batch pipeline's one dealing rule,
+    `pipeline.deal`: batch k of the rows to process k % size), gathered and put back in row order: every
+    process gets the whole, as one process scores it."""
     rank, size = distributed.world()
     if size == 1:
         return segment_and_score(segmenter, split, batch_size, thresholds, robustness, desc, masks)
-    share = distributed.contiguous_share(len(split))
+    share = batches_of(len(split), batch_size, rank, size)
     scored = segment_and_score(segmenter, split, batch_size, thresholds, robustness, f"{desc} ({rank + 1}/{size})",
                                masks, rows=share)
-    return ScoredSplit.concatenate(distributed.gather_objects(scored), thresholds)
+    gathered = ScoredSplit.concatenate(distributed.gather_objects(scored), thresholds)
+    return in_row_order(gathered, [row for part in distributed.gather_objects(share) for row in part])
+
+
+def in_row_order(scored: ScoredSplit, rows: Sequence[int]) -> ScoredSplit:
+    """`scored`, whose images are the split's `rows` in that order, with its images in row order."""
+    order = np.argsort(np.asarray(rows), kind="stable")
+    pairs = np.stack([2 * order, 2 * order + 1], axis=1).reshape(-1)  # own prompt, then the other task's
+    per_prompt = {}
+    for prompt, statistics in scored.per_prompt.items():
+        task = TASKS[int(statistics.task_id[0])]
+        mine = [rows[i] for i, image_task in enumerate(scored.tasks) if image_task == task]
+        per_prompt[prompt] = statistics.select(np.argsort(np.asarray(mine), kind="stable"))
+    return ScoredSplit(tasks=[scored.tasks[i] for i in order], names=[scored.names[i] for i in order],
+                       statistics=scored.statistics.select(pairs), per_prompt=per_prompt)
 
 
 def per_image_records(scored: ScoredSplit, threshold: float) -> list[dict]:

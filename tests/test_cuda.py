@@ -73,3 +73,38 @@ def test_lora_training_steps_on_cuda(tiny_config_dir, tiny_drywall_dir, tmp_path
     for name, parameter in trainer.model.named_parameters():
         moved = not torch.equal(parameter.detach(), before[name])
         assert moved == ("lora_" in name or name.startswith("decoder.")), name
+
+
+def test_the_pipeline_on_cuda_gives_the_serial_masks(tiny_model_dir, tmp_path):
+    """Decode workers, pinned memory, non-blocking copies and device-side upsample + threshold: the masks
+    `Segmenter.iter_segment` gives on cuda, as uint8 from one copy per batch."""
+    from PIL import Image
+
+    from clipseg_drywall.pipeline import PipelineOptions, Work, deal, run
+    from clipseg_drywall.segmenters.pytorch import PendingMasks, Segmenter
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for index, size in enumerate([(120, 90), (64, 200), (301, 203), (90, 120), (50, 50)]):
+        paths.append(tmp_path / f"p{index}.png")
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1])
+    prompts = ["segment crack", "segment taping area"]
+    segmenter = Segmenter.from_pretrained(tiny_model_dir, device="cuda", batch_size=2)
+    segmenter.threshold = 0.5
+    serial = [result.masks for result in segmenter.iter_segment(paths, prompts)]
+    pixels = segmenter.preprocessor()([Image.open(paths[0]).convert("RGB")]).pin_memory()
+    handle = segmenter.launch_masks(pixels, [(120, 90)], prompts, 0.5)
+    assert isinstance(handle, PendingMasks) and handle.host.is_pinned()
+    (collected,) = segmenter.collect_masks(handle)
+    assert collected.dtype == np.uint8 and collected.shape == (2, 90, 120)
+    options = PipelineOptions().resolved("cuda", 8)
+    assert options.pin_memory and options.num_workers >= 1
+    works = [Work(str(path), path) for path in paths]
+    found = []
+    for batch in run(segmenter, (b for _, b in deal(works, 2, 0, 1)), prompts, lambda done: done.masks,
+                     options=options):
+        found += [masks for _, masks in batch.results]
+    assert len(found) == len(serial)
+    for ours, theirs in zip(found, serial):
+        for prompt in prompts:
+            assert np.array_equal(ours[prompt], theirs[prompt])

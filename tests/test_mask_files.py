@@ -80,11 +80,11 @@ def test_index_survives_a_failure_mid_call(tiny_model_dir, tmp_path):
     class FailsOnSecondBatch(Segmenter):
         calls = 0
 
-        def iter_segment(self, *args, **kwargs):
+        def launch_masks(self, *args, **kwargs):  # the batch pipeline's model stage
             self.calls += 1
             if self.calls == 2:
                 raise OSError("No space left on device")
-            return super().iter_segment(*args, **kwargs)
+            return super().launch_masks(*args, **kwargs)
 
     segmenter = FailsOnSecondBatch.from_pretrained(tiny_model_dir, batch_size=1)
     photos = sorted((CRACKS / "valid" / "images").glob("*.jpg"))[:2]

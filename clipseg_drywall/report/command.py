@@ -39,7 +39,7 @@ from pathlib import Path
 from .. import distributed
 from ..cli import ArgumentParser, user_errors
 from ..fingerprint import model_fingerprint
-from ..predict import add_segmenter_arguments
+from ..predict import add_segmenter_arguments, pipeline_options
 from ..predict import check_arguments as check_segmenter_arguments
 from ..prompts import CANONICAL_PROMPTS
 from ..segmenters import load_segmenter
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if fresh and distributed.is_main_process():
             start_folder(args.output, arguments, model_facts(args.model, args.threshold, segmenter.threshold))
         distributed.wait_for_everyone()
-        entries = run_report(segmenter, photos, args.prompt, args.output)
+        entries = run_report(segmenter, photos, args.prompt, args.output, pipeline_options(args))
         if not distributed.is_main_process():
             return 0  # the main process writes the report from every process's journal
         # the work loop measures at the default speck filter; render measures again, from the mask files, the

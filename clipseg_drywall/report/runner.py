@@ -1,20 +1,22 @@
-"""The report's work loop: each photo segmented under every prompt, its masks, overlays and thumbnails
-written, each mask measured, and one journal entry per photo.
+"""The report's work on the batch pipeline (`clipseg_drywall.pipeline`): each photo segmented under every
+prompt, its masks, overlays and thumbnails written and each mask measured (in the pipeline's write threads),
+and one journal entry per photo, in input order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .. import distributed
-from ..atomic_files import save_image
+from .. import distributed, pipeline
+from ..atomic_files import remove_temporaries, save_image
 from ..naming import claim_stem, prompt_slugs
-from ..predict import image_files, loaded_images, write_mask
+from ..pipeline import Done, PipelineOptions, Work, batches_of, deal
+from ..predict import image_files, write_mask
 from .findings import is_crack_prompt
 from .folder import MASKS_DIR
 from .journal import Journal, file_sha256, journal_path, read_journals
@@ -55,51 +57,42 @@ def measure_photo(output: Path, photo: Photo, image: Image.Image, masks: dict, s
     return {"photo": photo.name, "status": "ok", "size": list(image.size), "findings": findings}
 
 
-def segment_chunk(segmenter, chunk: Sequence[Photo], prompts: Sequence[str], output: Path,
-                  slugs: dict[str, str], done: dict[str, dict]) -> Iterator[dict]:
-    """Journal entries of the photos of `chunk` not `done`. The whole chunk is segmented, so that a photo is
-    always in the same batch, with the same numerics, whether the run was interrupted or not."""
-    readable, failures = [], []
-    candidates = [photo for photo in chunk if photo.skip_reason is None]
-    for photo, (_, image) in zip(candidates, loaded_images([photo.path for photo in candidates], failures)):
-        if image is None:
-            photo.skip_reason = failures[-1][1]
-        else:
-            readable.append((photo, image))
-    results = segmenter.iter_segment([image for _, image in readable], prompts) if readable else []
-    measured = {photo.name: measure_photo(output, photo, image, result.masks, slugs)
-                for (photo, image), result in zip(readable, results) if photo.name not in done}
-    for photo in chunk:
-        if photo.name not in done:
-            yield measured.get(photo.name) or {"photo": photo.name, "status": "skipped", "reason": photo.skip_reason}
-
-
-def run_report(segmenter, photos: Sequence[Photo], prompts: Sequence[str], output: Path) -> dict[str, dict]:
+def run_report(segmenter, photos: Sequence[Photo], prompts: Sequence[str], output: Path,
+               options: PipelineOptions | None = None) -> dict[str, dict]:
     """Segment and measure every photo no journal holds yet; returns {photo: journal entry} of the whole run.
 
-    Under `accelerate launch` process N takes every N-th batch (the batches keep their fixed positions, so a
-    photo meets the same numerics however many processes run) and journals in its own file; the main
-    process reads them all once every process is done."""
+    The batch pipeline (`clipseg_drywall.pipeline`) does the work: under `accelerate launch` process N takes
+    batches N, N + size, ... of the fixed photo order (so a photo meets the same batch-mates, and numerics,
+    however many processes run and whether the run resumed) and journals in its own file; the main process
+    reads them all once every process is done. `options`: the pipeline's workers and threads (default: fitted
+    to the device)."""
     rank, size = distributed.world()
     if distributed.is_main_process():
-        (output / MASKS_DIR).mkdir(exist_ok=True)
-        (output / THUMBS_DIR).mkdir(exist_ok=True)
+        for folder in (output / MASKS_DIR, output / THUMBS_DIR):
+            folder.mkdir(exist_ok=True)
+            remove_temporaries(folder)  # of writes a kill interrupted
         read_journals(output)  # repairs a line a kill cut short, before any process reads
     distributed.wait_for_everyone()
     done = read_journals(output)
     slugs = prompt_slugs(prompts)
-    starts = range(rank * segmenter.batch_size, len(photos), size * segmenter.batch_size)
-    mine = {photo.name for start in starts for photo in photos[start:start + segmenter.batch_size]}
+    options = (options or PipelineOptions()).resolved(str(getattr(segmenter, "device", "cpu")),
+                                                      distributed.cpu_threads_per_process(), segmenter.backend)
+    mine = [photos[i].name for i in batches_of(len(photos), segmenter.batch_size, rank, size)]
+    works = (Work(photo.name, photo.path, skip=photo.skip_reason, pending=photo.name not in done) for photo in photos)
+
+    def finish(result: Done) -> dict:  # in a write thread
+        if result.error is not None:
+            return {"photo": result.work.name, "status": "skipped", "reason": result.error}
+        return measure_photo(output, Photo(result.work.name, result.work.path), result.image, result.masks, slugs)
+
     with Journal(journal_path(output, rank)).appending() as append, \
-            tqdm(total=len(mine), initial=len(mine & done.keys()), unit="photo",
+            tqdm(total=len(mine), initial=sum(name in done for name in mine), unit="photo",
                  desc="report" if size == 1 else f"report ({rank + 1}/{size})") as progress:
-        for start in starts:
-            chunk = photos[start:start + segmenter.batch_size]
-            if all(photo.name in done for photo in chunk):
-                continue
-            for entry in segment_chunk(segmenter, chunk, prompts, output, slugs, done):
-                append(entry)
-                done[entry["photo"]] = entry
-                progress.update(1)
+        batches = (batch for _, batch in deal(works, segmenter.batch_size, rank, size))
+        for batch in pipeline.run(segmenter, batches, prompts, finish, keep_images=True, options=options):
+            entries = [entry for _, entry in batch.results]
+            append(entries)
+            done.update((entry["photo"], entry) for entry in entries)
+            progress.update(len(entries))
     distributed.wait_for_everyone()
     return read_journals(output) if size > 1 else done

@@ -9,7 +9,7 @@ neither torch nor onnxruntime, so the slim ONNX install and `segmenters.load_seg
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,22 @@ class BatchedSegmenter:
                        return_probabilities: bool) -> Iterator[Segmentation]:
         raise NotImplementedError
 
+    # ---- the batch pipeline's model stage (`clipseg_drywall.pipeline`) ----
+
+    def preprocessor(self):
+        """A picklable callable: RGB images -> the model's pixel batch (runs in the pipeline's decode workers)."""
+        raise NotImplementedError
+
+    def launch_masks(self, pixels, sizes: Sequence[tuple[int, int]], prompts: Sequence[str], threshold: float):
+        """Start segmenting a prepared pixel batch: each image's masks at its own `sizes` (width, height), on the
+        device; `collect_masks` of the returned handle gives them. A backend that cannot overlap computes here."""
+        raise NotImplementedError
+
+    def collect_masks(self, handle) -> Sequence[np.ndarray]:
+        """Per image of a launched batch, uint8 {0, 255} masks (P, height, width) in host memory (a `LazyMasks`
+        makes each when it is read, so that the pipeline's write threads make them, beside the model)."""
+        return handle
+
     # ---- shared ----
 
     def prompt_embeddings(self, prompts: Sequence[str]):
@@ -117,3 +133,20 @@ class BatchedSegmenter:
     ) -> list[dict[str, np.ndarray]]:
         """Per image, `{prompt: uint8 mask}` with values {0, 255} and the image's (height, width)."""
         return [result.masks for result in self.iter_segment(images, prompts, threshold)]
+
+
+class LazyMasks(Sequence):
+    """A batch's per-image masks, each made when read: `make(i)` -> uint8 (P, height, width)."""
+
+    def __init__(self, make: Callable[[int], np.ndarray], count: int):
+        self._make, self._count = make, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
+            raise IndexError(index)
+        return self._make(index % self._count)

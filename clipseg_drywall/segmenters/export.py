@@ -92,8 +92,11 @@ def image_size(processor: CLIPSegProcessor) -> int:
 def preprocessing_constants(processor: CLIPSegProcessor) -> dict:
     """What `preprocessing.Preprocessing` needs to reproduce the processor (disabled steps become identities)."""
     image_size(processor)  # a fixed square, or a clear error
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(Preprocessing.of(processor.image_processor)).items()}
+    steps = Preprocessing.of(processor.image_processor)
+    if steps is None:
+        raise ValueError(f"the export reproduces a ViT image processor that resizes with PIL; "
+                         f"{type(processor.image_processor).__name__} is not one")
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(steps).items()}
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],

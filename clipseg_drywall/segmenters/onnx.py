@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..preprocessing import Preprocessing
 from ..prompts import warn_truncated
-from .base import BatchedSegmenter, Segmentation, threshold_of
+from .base import BatchedSegmenter, LazyMasks, Segmentation, threshold_of
 from .onnx_format import (
     CONDITIONAL_INPUT,
     CONFIG_FILE,
@@ -43,7 +43,6 @@ from .onnx_format import (
 )
 
 # ---- numerics: native_probabilities in numpy (the processor's preprocessing: `preprocessing`) ----
-
 
 
 def _linear_indices(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -248,10 +247,12 @@ class OnnxSegmenter(BatchedSegmenter):
 
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         """Decoder logits (B, P, h, w) at the export's resolution: one image-encoder pass for the B images."""
+        return self._logits_from_pixels(self.preprocessing.pixel_values(images), prompts)
+
+    def _logits_from_pixels(self, pixels: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         conditional = self.prompt_embeddings(prompts)
-        pixels = self.preprocessing.pixel_values(images)
         activations = self._sessions["image_encoder"].run(None, {PIXEL_INPUT: pixels})
-        n_images, n_prompts = len(images), len(prompts)
+        n_images, n_prompts = len(pixels), len(prompts)
         # every (image, prompt) pair in one decoder call, image-major as in Segmenter.logits
         feeds = {activation_name(i): np.repeat(a, n_prompts, axis=0) for i, a in enumerate(activations)}
         feeds[CONDITIONAL_INPUT] = np.tile(conditional, (n_images, 1))
@@ -267,3 +268,16 @@ class OnnxSegmenter(BatchedSegmenter):
                 masks=dict(zip(prompts, masks)),
                 probabilities=dict(zip(prompts, probabilities)) if return_probabilities else None,
             )
+
+    def preprocessor(self) -> Preprocessing:
+        return self.preprocessing
+
+    def launch_masks(self, pixels, sizes, prompts, threshold) -> LazyMasks:
+        """The batch's logits now; each image's masks made when read, as `_segment_batch` makes them."""
+        logits = self._logits_from_pixels(np.asarray(pixels), prompts)
+
+        def make(index: int) -> np.ndarray:
+            width, height = sizes[index]
+            return (native_probabilities(logits[index], (height, width)) > threshold).astype(np.uint8) * np.uint8(255)
+
+        return LazyMasks(make, len(sizes))

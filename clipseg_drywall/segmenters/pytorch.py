@@ -11,17 +11,21 @@ Numerics are those of the stock `CLIPSegForImageSegmentation.forward` (same func
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from ..modeling import decode, text_embeddings, vision_activations
+from ..preprocessing import Preprocessing
 from ..prompts import tokenize_prompts
 from ..upsampling import native_probabilities
-from .base import SPEED_OPTIONS, BatchedSegmenter, Segmentation, threshold_of
+from .base import SPEED_OPTIONS, BatchedSegmenter, LazyMasks, Segmentation, threshold_of
 
 
 def apply_speed_options(model: CLIPSegForImageSegmentation, options: Iterable[str] = ()) -> CLIPSegForImageSegmentation:
@@ -115,13 +119,21 @@ class Segmenter(BatchedSegmenter):
     def _stack(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(embeddings)
 
+    def preprocessor(self) -> PixelValues:
+        if getattr(self, "_pixel_values", None) is None:
+            self._pixel_values = PixelValues(self.processor.image_processor)
+        return self._pixel_values
+
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         """Decoder logits (B, P, h, w) at the processor's resolution: one vision pass for the B images."""
+        return self._logits_from_pixels(self.preprocessor()(images), prompts)
+
+    def _logits_from_pixels(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         conditional = self.prompt_embeddings(prompts)
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        activations = vision_activations(self.model, pixels.to(self.device, self.model.dtype))
-        n_images, n_prompts = len(images), len(prompts)
+        # non_blocking: from pinned memory (the pipeline's on cuda) the copy overlaps; otherwise it is a plain copy
+        activations = vision_activations(self.model, pixels.to(self.device, self.model.dtype, non_blocking=True))
+        n_images, n_prompts = pixels.shape[0], len(prompts)
         # every (image, prompt) pair in one decoder call: activations repeated per prompt (image-major)
         pairs = [a.repeat_interleave(n_prompts, dim=0) for a in activations]
         logits = decode(self.model, pairs, conditional.repeat(n_images, 1))
@@ -131,9 +143,78 @@ class Segmenter(BatchedSegmenter):
         logits = self.logits(images, prompts)
         for image, image_logits in zip(images, logits):
             probabilities = native_probabilities(image_logits, (image.height, image.width))
-            masks = (probabilities > threshold).to(torch.uint8).mul_(255).cpu().numpy()
+            masks = threshold_masks(probabilities, threshold).cpu().numpy()
             yield Segmentation(
                 size=image.size,
                 masks=dict(zip(prompts, masks)),
                 probabilities=dict(zip(prompts, probabilities.cpu().numpy())) if return_probabilities else None,
             )
+
+    @torch.inference_mode()
+    def launch_masks(self, pixels, sizes, prompts, threshold) -> LazyMasks | PendingMasks:
+        """The batch's masks, made on the device exactly as `_segment_batch` makes them (native-size upsample,
+        sigmoid, threshold, uint8); on cuda one non-blocking copy of all of them into pinned memory, waited for
+        in `collect_masks` (the device goes on with the next batch meanwhile)."""
+        logits = self._logits_from_pixels(torch.as_tensor(pixels), prompts)
+        if self.device.type != "cuda":  # made when read, in the pipeline's write threads (beside the next batch)
+            return LazyMasks(functools.partial(_native_masks, logits, sizes, threshold), len(sizes))
+        masks = [threshold_masks(native_probabilities(image_logits, (height, width)), threshold)
+                 for image_logits, (width, height) in zip(logits, sizes)]
+        flat = torch.cat([mask.reshape(-1) for mask in masks])
+        host = torch.empty(flat.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return PendingMasks(host, ready, [tuple(mask.shape) for mask in masks])
+
+    def collect_masks(self, handle) -> list:
+        if not isinstance(handle, PendingMasks):
+            return handle
+        handle.ready.synchronize()
+        views, start = [], 0
+        array = handle.host.numpy()
+        for shape in handle.shapes:
+            count = shape[0] * shape[1] * shape[2]
+            views.append(array[start:start + count].reshape(shape))
+            start += count
+        return views
+
+
+@torch.inference_mode()
+def _native_masks(logits: torch.Tensor, sizes, threshold: float, index: int) -> np.ndarray:
+    width, height = sizes[index]
+    return threshold_masks(native_probabilities(logits[index], (height, width)), threshold).cpu().numpy()
+
+
+def threshold_masks(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
+    """uint8 {0, 255} masks of native-size probabilities, on their device."""
+    return (probabilities > threshold).to(torch.uint8).mul_(255)
+
+
+class PixelValues:
+    """The processor's image steps as the pipeline's decode workers run them (picklable): `preprocessing.Preprocessing`'s
+    numpy tables where they give the processor's pixels bit for bit (checked on a probe image here), else the
+    processor itself."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+        self.fast = Preprocessing.of(image_processor)
+        if self.fast is not None:
+            probe = [Image.fromarray(np.random.default_rng(0).integers(0, 256, (53, 67, 3), dtype=np.uint8))]
+            if not np.array_equal(self.fast.pixel_values(probe),
+                                  image_processor(images=probe, return_tensors="np")["pixel_values"]):
+                self.fast = None
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        if self.fast is not None:
+            return torch.from_numpy(self.fast.pixel_values(images))
+        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+@dataclass
+class PendingMasks:
+    """A cuda batch's masks on their way to pinned host memory: flat bytes, the copy's event, each image's shape."""
+
+    host: torch.Tensor
+    ready: torch.cuda.Event
+    shapes: list[tuple[int, int, int]]

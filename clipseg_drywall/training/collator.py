@@ -176,13 +176,13 @@ class CLIPSegCollator:
         return canonical_prompt(other_task(row["task"]) if negative else row["task"]), negative
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        if self.preprocess == "processor":  # the reference path: the processor, one PIL image at a time
+        preprocessing = self._preprocessing() if self.preprocess == "numpy" else None
+        if preprocessing is None:  # the reference path: the processor, one PIL image at a time
             images, prompts, masks, negatives = zip(*(self.example(row) for row in rows))
             pixel_values = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
             tokens = tokenize_prompts(self.processor.tokenizer, list(prompts), padding=True, return_tensors="pt")
             input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
         else:
-            preprocessing = self._preprocessing()
             images, prompts, masks, negatives = zip(*(self.arrays(row, preprocessing) for row in rows))
             pixel_values = torch.from_numpy(preprocessing.normalize(np.stack(images)))
             input_ids, attention_mask = self._tokens(prompts)
@@ -196,8 +196,9 @@ class CLIPSegCollator:
         }
 
 
-    def _preprocessing(self) -> Preprocessing:
-        """The processor's steps, read once (their lookup table is built on first use)."""
+    def _preprocessing(self) -> Preprocessing | None:
+        """The processor's steps, read once (their lookup table is built on first use); None for a processor
+        they do not reproduce, which is then called itself."""
         key = repr(self.processor.image_processor.size)  # a processor resized later gets new steps
         if getattr(self, "_steps", (None, None))[0] != key:
             self._steps = (key, Preprocessing.of(self.processor.image_processor))

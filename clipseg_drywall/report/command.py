@@ -84,12 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, type=Path, help="the report folder (REPORT_DIR)")
     parser.add_argument("--prompt", action="append",
                         help=f"a text prompt (repeatable; default: {' and '.join(map(repr, DEFAULT_PROMPTS))})")
-    add_segmenter_arguments(parser)
-    add_render_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="start afresh in a folder that holds a report")
     parser.add_argument("--rerender", metavar="REPORT_DIR",
                         help="render a finished report again from its masks and journal, loading no model "
                              "(no photos or --model then; see --rerender REPORT_DIR --help)")
+    add_segmenter_arguments(parser)
+    add_render_arguments(parser)
     return parser
 
 

@@ -174,11 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         if fresh and distributed.is_main_process():
             start_folder(args.output, arguments, model_facts(args.model, args.threshold, segmenter.threshold))
         distributed.wait_for_everyone()
-        entries = run_report(segmenter, photos, args.prompt, args.output, pipeline_options(args))
+        entries = run_report(segmenter, photos, args.prompt, args.output, pipeline_options(args), args.min_region_px)
         if not distributed.is_main_process():
             return 0  # the main process writes the report from every process's journal
-        # the work loop measures at the default speck filter; render measures again, from the mask files, the
-        # findings of a run with another --min_region_px (to go once the work loop is told the filter)
         rows, page = render(args.output, [photo.name for photo in photos], entries, read_run(args.output))
         write_rendered(args.output, rows, page)
     skipped = sum(entries[photo.name]["status"] == "skipped" for photo in photos)

@@ -20,7 +20,7 @@ from ..predict import image_files, write_mask
 from .findings import is_crack_prompt
 from .folder import MASKS_DIR
 from .journal import Journal, file_sha256, journal_path, read_journals
-from .measurements import measure
+from .measurements import DEFAULT_MIN_REGION_PX, measure
 from .page import THUMBS_DIR, thumbnail_name
 
 THUMBNAIL_SIDE = 240
@@ -42,7 +42,8 @@ def photo_list(inputs: Sequence[str]) -> list[Photo]:
     return photos + [Photo(name, None, why) for name, why in failures]
 
 
-def measure_photo(output: Path, photo: Photo, image: Image.Image, masks: dict, slugs: dict[str, str]) -> dict:
+def measure_photo(output: Path, photo: Photo, image: Image.Image, masks: dict, slugs: dict[str, str],
+                  min_region_px: int = DEFAULT_MIN_REGION_PX) -> dict:
     """Write one photo's masks, overlays and thumbnails; its journal entry (numbers and file names only)."""
     findings = {}
     for prompt, mask in masks.items():
@@ -51,21 +52,21 @@ def measure_photo(output: Path, photo: Photo, image: Image.Image, masks: dict, s
         with Image.open(overlay_file) as thumbnail:
             thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
             save_image(thumbnail, output / thumbnail_name(overlay_name), quality=85)
-        found = measure(mask, crack=is_crack_prompt(prompt)).as_dict()
+        found = measure(mask, is_crack_prompt(prompt), min_region_px).as_dict()
         findings[prompt] = {**found, "mask": f"{MASKS_DIR}/{mask_file.name}", "overlay": overlay_name,
                             "mask_sha256": file_sha256(mask_file)}
     return {"photo": photo.name, "status": "ok", "size": list(image.size), "findings": findings}
 
 
 def run_report(segmenter, photos: Sequence[Photo], prompts: Sequence[str], output: Path,
-               options: PipelineOptions | None = None) -> dict[str, dict]:
+               options: PipelineOptions | None = None, min_region_px: int = DEFAULT_MIN_REGION_PX) -> dict[str, dict]:
     """Segment and measure every photo no journal holds yet; returns {photo: journal entry} of the whole run.
 
     The batch pipeline (`clipseg_drywall.pipeline`) does the work: under `accelerate launch` process N takes
     batches N, N + size, ... of the fixed photo order (so a photo meets the same batch-mates, and numerics,
     however many processes run and whether the run resumed) and journals in its own file; the main process
     reads them all once every process is done. `options`: the pipeline's workers and threads (default: fitted
-    to the device)."""
+    to the device); `min_region_px`: the speck filter the masks are measured with."""
     rank, size = distributed.world()
     if distributed.is_main_process():
         for folder in (output / MASKS_DIR, output / THUMBS_DIR):
@@ -83,7 +84,8 @@ def run_report(segmenter, photos: Sequence[Photo], prompts: Sequence[str], outpu
     def finish(result: Done) -> dict:  # in a write thread
         if result.error is not None:
             return {"photo": result.work.name, "status": "skipped", "reason": result.error}
-        return measure_photo(output, Photo(result.work.name, result.work.path), result.image, result.masks, slugs)
+        return measure_photo(output, Photo(result.work.name, result.work.path), result.image, result.masks, slugs,
+                             min_region_px)
 
     with Journal(journal_path(output, rank)).appending() as append, \
             tqdm(total=len(mine), initial=sum(name in done for name in mine), unit="photo",

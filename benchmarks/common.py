@@ -24,12 +24,29 @@ def shared_dataset_path(path: Path) -> str:
     return str(path)
 
 
+WORK_MARK = ".benchmark-work"  # in a folder this module emptied and may empty again
+
+
 def fresh_train_subset(dataset_path: str | None, n_rows: int, work: Path):
     """The first `n_rows` train rows (seeded shuffle) of `dataset_path` (default: the build of ../shared),
-    saved as `work/data` in an emptied `work` folder; returns them."""
+    saved as `work/data` in an emptied `work` folder; returns them. A `work` folder that holds anything but
+    an earlier benchmark's files is refused, never emptied."""
     import datasets
 
+    from clipseg_drywall.data import check_saved_dataset
+
+    work = Path(work)
+    try:
+        if dataset_path is not None:
+            check_saved_dataset(dataset_path)
+        if work.exists() and any(work.iterdir()) and not (work / WORK_MARK).is_file():
+            raise FileExistsError(f"--output_dir {work} holds files no benchmark wrote; a benchmark empties its "
+                                  "folder, so choose a new or empty one")
+    except OSError as error:
+        raise SystemExit(f"error: {error}") from None
     shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / WORK_MARK).touch()
     train = datasets.load_from_disk(dataset_path or shared_dataset_path(REPO / "runs" / "dataset"))["train"]
     rows = train.shuffle(seed=0).select(range(min(n_rows, len(train))))
     datasets.DatasetDict(train=rows).save_to_disk(str(work / "data"))

@@ -8,6 +8,7 @@
 # timeout still returns what was done. Figures are on the data shrunk to 256 px: say so wherever they go.
 set -uo pipefail
 stage=${1:?usage: gpu_session.sh speed|learn}
+case "$stage" in speed|learn) ;; *) echo "error: unknown stage '$stage': give speed or learn" >&2; exit 2 ;; esac
 logs=runs/gpu
 mkdir -p "$logs"
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$logs/gpu.txt" 2>&1
@@ -35,12 +36,9 @@ if [ "$stage" = speed ]; then
   if [ -f benchmarks/pipeline_throughput.py ]; then
     step pipeline python benchmarks/pipeline_throughput.py --device cuda
   fi
-elif [ "$stage" = learn ]; then
+else
   step build python -m data_builders build --cracks ../shared/data/cracks --joints ../shared/data/drywall-join-detect \
     --split-by-source --output data/drywall-qa-256
   step learn python benchmarks/learn_from_scratch.py --dataset_path data/drywall-qa-256 --seeds 0 \
     --recipe configs/small-from-scratch-gpu.json --output_dir runs/lfs-gpu --max_minutes 12
-else
-  echo "unknown stage $stage: speed or learn" >&2
-  exit 2
 fi

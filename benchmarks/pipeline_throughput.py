@@ -69,18 +69,38 @@ TINY_CONFIG = {  # tests/conftest.py's tiny_config_dict
 def serial_predict(segmenter, files: list[Path], prompts: list[str], output: Path) -> None:
     """predict as it ran before the pipeline (one thread: chunk, decode, `iter_segment` with the processor's own
     preprocessing, PNG at Pillow's default level, the index shard appended and synced per batch, folded into
-    index.csv at the end)."""
+    index.csv at the end). The steps the package has made faster since are kept here as they were then (the
+    processor, `reference_load_image`, `reference_threshold_masks`), so that the reference does not move."""
+    from clipseg_drywall.segmenters import pytorch
+
     pixel_values = segmenter.preprocessor()
-    fast, pixel_values.fast = pixel_values.fast, None  # today's preprocessing: the processor itself
+    fast, pixel_values.fast = pixel_values.fast, None
+    threshold_masks, pytorch.threshold_masks = pytorch.threshold_masks, reference_threshold_masks
     try:
         _serial_predict(segmenter, files, prompts, output)
     finally:
-        pixel_values.fast = fast
+        pixel_values.fast, pytorch.threshold_masks = fast, threshold_masks
+
+
+def reference_load_image(path: Path) -> Image.Image:
+    """`images.load_image` before the pipeline: EXIF applied by `exif_transpose`, which copies every photo."""
+    from PIL import ImageOps
+
+    from clipseg_drywall.images import read_image_file, to_rgb
+
+    return to_rgb(ImageOps.exif_transpose(read_image_file(path)[0]))
+
+
+def reference_threshold_masks(probabilities, threshold: float):
+    """`threshold_masks` before the pipeline: three torch passes (now numpy on the CPU, the same masks)."""
+    import torch
+
+    return (probabilities > threshold).to(torch.uint8).mul_(255)
 
 
 def _serial_predict(segmenter, files: list[Path], prompts: list[str], output: Path) -> None:
     from clipseg_drywall.atomic_files import save_image
-    from clipseg_drywall.images import ImageLoadError, load_image
+    from clipseg_drywall.images import ImageLoadError
     from clipseg_drywall.mask_index import INDEX_COLUMNS, update_index
     from clipseg_drywall.naming import claim_stem, mask_file_name, prompt_slugs
 
@@ -95,7 +115,7 @@ def _serial_predict(segmenter, files: list[Path], prompts: list[str], output: Pa
             images = []
             for path in chunk:
                 try:
-                    images.append((path, load_image(path)))
+                    images.append((path, reference_load_image(path)))
                 except ImageLoadError:
                     continue
             batch_rows = []

@@ -73,10 +73,15 @@ def load_image(image: ImageInput, apply_exif_orientation: bool = True) -> Image.
     `apply_exif_orientation`: rotate as the EXIF tag says, as a viewer shows it (inference), or
     keep the stored pixel grid (annotations drawn on it).
     """
+    owned = isinstance(image, (str, Path))  # decoded here: nobody else holds it
     if isinstance(image, (str, Path)):
         image, _ = read_image_file(image)
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, a numpy array or a path, got {type(image).__name__}")
-    return to_rgb(ImageOps.exif_transpose(image) if apply_exif_orientation else image)
+    if apply_exif_orientation and owned:  # in place: exif_transpose would copy every photo, rotated or not
+        ImageOps.exif_transpose(image, in_place=True)
+    elif apply_exif_orientation:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from clipseg_drywall.images import load_image
 from clipseg_drywall.naming import mask_file_name
-from clipseg_drywall.segmenters.pytorch import Segmenter
+from clipseg_drywall.segmenters.pytorch import Segmenter, threshold_masks
 from clipseg_drywall.upsampling import upsample_logits
 
 from .helpers import CRACKS, REPO, requires_shared
@@ -93,6 +93,27 @@ def test_exif_orientation_is_applied(segmenter, mode_files):
     for prompt in PROMPTS:
         # JPEG re-encoding differs by a few grey levels: compare agreement, not identity
         assert (from_exif[prompt] == by_hand[prompt]).mean() > 0.97
+
+
+@requires_shared
+def test_load_image_rotates_a_file_in_place_but_never_a_callers_image(mode_files):
+    stored = Image.open(mode_files["exif"])
+    stored.load()
+    assert load_image(mode_files["exif"]).size == stored.size[::-1]
+    assert load_image(stored).size == stored.size[::-1]
+    assert stored.size == (301, 203) and stored.getexif().get(EXIF_ORIENTATION) == 6  # the caller's, untouched
+
+
+@pytest.mark.parametrize("threshold", [0.45, 0.5, 1 / 3, 0.0, 1.0])
+def test_cpu_threshold_is_the_float32_comparison_torch_makes(threshold):
+    below, at, above = np.nextafter(np.float32(threshold), np.float32(-1)), np.float32(threshold), \
+        np.nextafter(np.float32(threshold), np.float32(2))
+    values = np.concatenate([[below, at, above, 0.0, 1.0], np.random.default_rng(0).random(999, dtype=np.float32)])
+    probabilities = torch.from_numpy(values.astype(np.float32)).reshape(4, 251)
+    masks = threshold_masks(probabilities, threshold)  # numpy on the CPU
+    assert masks.dtype == torch.uint8 and masks.shape == probabilities.shape
+    assert torch.equal(masks, (probabilities > threshold).to(torch.uint8).mul_(255))
+    assert masks.flatten()[:3].tolist() == [0, 0, 255]  # just below, at, just above
 
 
 @requires_shared

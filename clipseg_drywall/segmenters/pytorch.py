@@ -188,7 +188,12 @@ def _native_masks(logits: torch.Tensor, sizes, threshold: float, index: int) -> 
 
 def threshold_masks(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
     """uint8 {0, 255} masks of native-size probabilities, on their device."""
-    return (probabilities > threshold).to(torch.uint8).mul_(255)
+    if probabilities.device.type != "cpu" or probabilities.dtype != torch.float32:
+        return (probabilities > threshold).to(torch.uint8).mul_(255)
+    # numpy on the CPU: one thread and two passes (torch's three start an OpenMP team each, which in the
+    # pipeline's write threads competes with the model's); the same float32 comparison
+    above = np.greater(probabilities.detach().numpy(), np.float32(threshold)).view(np.uint8)
+    return torch.from_numpy(np.multiply(above, 255, out=above))
 
 
 class PixelValues:

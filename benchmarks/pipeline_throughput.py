@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, help="default: 8 on the CPU, 32 on cuda")
     parser.add_argument("--tiny_photos", type=int, help="default: 128 on the CPU, 1024 on cuda")
     parser.add_argument("--full_photos", type=int, help="default: 16 on the CPU, 512 on cuda")
-    parser.add_argument("--repeats", type=int, help="runs of each stage, interleaved (the best counts; default 3, 2 on cuda)")
+    parser.add_argument("--repeats", type=int, help="runs of each stage, interleaved (the best counts; default 5, 2 on cuda)")
     parser.add_argument("--report_repeats", type=int, default=1, help="runs of the report (the slowest stage)")
     parser.add_argument("--num_workers", type=int, help="the pipeline's decode workers (default: fitted to the device)")
     parser.add_argument("--config", type=Path, default=SHARED / "clipseg-rd64-refined")
@@ -279,7 +279,7 @@ def main() -> None:
     args = parser.parse_args()
     cuda = (args.device or "").startswith("cuda")
     args.batch_size = args.batch_size or (32 if cuda else 8)
-    args.repeats = args.repeats or (2 if cuda else 3)
+    args.repeats = args.repeats or (2 if cuda else 5)
     counts = {"tiny": args.tiny_photos or (1024 if cuda else 128), "full": args.full_photos or (512 if cuda else 16)}
     results = {}
     with tempfile.TemporaryDirectory(prefix="pipeline-throughput-") as scratch:

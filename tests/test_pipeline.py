@@ -1,6 +1,7 @@
 """The batch pipeline (`clipseg_drywall.pipeline`): its dealing rule, and predict and the report on it giving the
 serial path's masks, byte for byte the same files with 0 or 2 decode workers, an unreadable photo read in a
-worker named in the failures, and a SIGTERM that leaves a journal the next run resumes from.
+worker named in the failures, a SIGTERM that leaves a journal the next run resumes from, and the same batches
+whichever thread decodes them.
 
 Real photos (resized to three sizes, so the native-size upsample differs), the tiny random model.
 """
@@ -255,3 +256,40 @@ def test_the_fast_preprocessing_gives_the_processors_pixels_bit_for_bit(tiny_mod
     images.append(Image.fromarray(np.random.default_rng(1).integers(0, 256, (31, 402, 3), dtype=np.uint8)))
     expected = segmenter.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     assert torch.equal(segmenter.preprocessor()(images), expected)
+
+
+@requires_shared
+def test_decoding_ahead_is_done_by_whichever_thread_is_free_with_the_same_batches(tiny_model_dir, photos):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from clipseg_drywall.pipeline import Work, _Decode, _decoded_ahead
+    from clipseg_drywall.segmenters.pytorch import Segmenter
+
+    decode = _Decode(Segmenter.from_pretrained(tiny_model_dir).preprocessor(), keep_images=True)
+    files = sorted(photos.glob("p*.jpg"))  # p04b.jpg: unreadable
+    batches = [[Work(path.name, path) for path in files[start:start + 3]] for start in range(0, len(files), 3)]
+    expected = [decode[batch] for batch in batches]
+    loaded_by = []
+    load = decode.load
+    decode.load = lambda work: loaded_by.append(threading.current_thread().name) or load(work)
+
+    def same(prepared, reference) -> bool:
+        return (prepared.decoded == reference.decoded and prepared.sizes == reference.sizes
+                and prepared.errors == reference.errors and torch.equal(prepared.pixels, reference.pixels))
+
+    with ThreadPoolExecutor(1, "write") as pool:
+        busy = threading.Event()
+        pool.submit(busy.wait)  # the write thread is busy: the main thread decodes every photo itself
+        assert all(map(same, _decoded_ahead(decode, iter(batches), False, pool), expected))
+        assert set(loaded_by) == {"MainThread"} and len(loaded_by) == len(files)
+        busy.set()
+        loaded_by.clear()
+        for prepared, reference in zip(_decoded_ahead(decode, iter(batches), False, pool), expected):
+            time.sleep(0.2)  # a slow model: the write thread decodes the next batch meanwhile
+            assert same(prepared, reference)
+    assert any(name.startswith("write") for name in loaded_by) and len(loaded_by) == len(files)
+    (error,) = [error for prepared in expected for error in prepared.errors.values()]  # p04b.jpg's
+    assert "not a readable image" in error

@@ -13,8 +13,8 @@ Stages, each bounded so that memory stays flat however many photos there are:
    would walk the inputs and re-check what is done: the walk, the resume checks and the failures of the
    walk stay in one place, and the DataLoader keeps the batches in order with at most
    `num_workers * prefetch` of them decoded ahead. With 0 workers (the default on a CPU device, the only
-   choice without torch) the same steps run in this process, a batch ahead: each photo is a task for the
-   write threads, which the main thread takes back and does itself when no write thread has started it
+   choice without torch) the same function runs in this process, one batch ahead, as a task for the write
+   threads that the main thread takes back and does itself when no write thread has started it
    (`_decoded_ahead`: whoever is free decodes).
    An unreadable photo is caught where it is read and reported with the reason `load_image` gives.
 4. **model** on the device, one batch at a time (`BatchedSegmenter.launch_masks`): pixels copied with
@@ -52,7 +52,7 @@ whole batches and leaves the journal as a kill would, only tidier.
 
 Defaults fit the device (`PipelineOptions.resolved`): on cuda, decode workers from the cores this process
 has (`distributed.cpu_threads_per_process`), pinned memory and non-blocking copies; on a CPU device the
-model's threads have the cores, so there are no decode processes and one write thread makes the native-size
+model's threads have the cores, so there are no decode processes, and one write thread makes the native-size
 masks, writes them and decodes the next batch while the model runs. The ONNX backend decodes in the main process unless told otherwise (it runs
 where torch may be missing). An explicit option wins.
 """
@@ -150,46 +150,31 @@ class _Prepared:
 
 
 class _Decode:
-    """Stage 3: a batch of `Work` -> `_Prepared` (picklable; runs in a DataLoader worker or in-process), in two
-    steps: `load` each photo (decode and the per-image preprocessing) and `assemble` the batch."""
+    """Stage 3: a batch of `Work` -> `_Prepared` (picklable; runs in a DataLoader worker or in-process)."""
 
-    def __init__(self, preprocess, keep_images: bool):
-        self.preprocess = preprocess  # the segmenter's `preprocessor()`: prepare(image), collate(prepared)
+    def __init__(self, preprocess: Callable[[list[Image.Image]], Any], keep_images: bool):
+        self.preprocess = preprocess
         self.keep_images = keep_images
 
     def __getitem__(self, works: list[Work]) -> _Prepared:
-        return self.assemble(works, {position: self.load(works[position]) for position in self.to_load(works)})
-
-    @staticmethod
-    def to_load(works: list[Work]) -> list[int]:
-        """Positions of the works with a photo to decode: none when an earlier run finished the whole batch."""
-        if not any(work.pending for work in works):
-            return []
-        return [position for position, work in enumerate(works) if work.skip is None and work.path is not None]
-
-    def load(self, work: Work) -> tuple[Image.Image, Any] | str:
-        """(the photo, its prepared pixels), or why it could not be read."""
-        try:
-            image = load_image(work.path)
-        except ImageLoadError as error:
-            return str(error).removeprefix(f"{work.path}: ")
-        return image, self.preprocess.prepare(image)
-
-    def assemble(self, works: list[Work], loaded: dict[int, tuple[Image.Image, Any] | str]) -> _Prepared:
-        """The batch of `works` from {position: what `load` gave} for the positions of `to_load(works)`."""
         prepared = _Prepared(works)
-        images, pixels = [], []
-        for position, result in sorted(loaded.items()):
-            if isinstance(result, str):
-                prepared.errors[position] = result
+        if not any(work.pending for work in works):
+            return prepared  # finished in an earlier run: not decoded at all
+        images = []
+        for position, work in enumerate(works):
+            if work.skip is not None or work.path is None:
+                continue
+            try:
+                image = load_image(work.path)
+            except ImageLoadError as error:
+                prepared.errors[position] = str(error).removeprefix(f"{work.path}: ")
                 continue
             prepared.decoded.append(position)
-            prepared.sizes.append(result[0].size)
-            images.append(result[0])
-            pixels.append(result[1])
-        if pixels:
-            prepared.pixels = self.preprocess.collate(pixels)
-        if self.keep_images and loaded:
+            prepared.sizes.append(image.size)
+            images.append(image)
+        if images:
+            prepared.pixels = self.preprocess(images)
+        if self.keep_images:
             prepared.images = images if not _in_worker() else [_as_tensor(image) for image in images]
         return prepared
 
@@ -404,31 +389,27 @@ def _decoded(decode: _Decode, batches: Iterable[list[Work]], options: PipelineOp
 
 def _decoded_ahead(decode: _Decode, batches: Iterable[list[Work]], pin_memory: bool,
                    pool: ThreadPoolExecutor) -> Iterator[_Prepared]:
-    """The batches decoded one ahead, each photo a task for `pool` (the write threads) that the main thread
-    takes back and does itself when no write thread has started it yet: whoever is free decodes. Decoding,
-    resizing and PNG encoding release the GIL, so with a light job (predict) the write threads decode batch k+1
-    while the model runs on batch k, and the main thread does what is left while it would otherwise wait; with
-    a heavy one (the report's overlays) the write threads are busy and the main thread decodes it all (on 2 CPU
-    cores with the tiny model, predict's wall time falls 10-15% against decoding in the main thread between
-    model calls). The walk and the batch's assembly stay in the main thread."""
-    def assembled(works: list[Work], loads: dict[int, Future]) -> _Prepared:
-        # a task no thread has started is cancelled and done here; the rest are waited for
-        loaded = {position: decode.load(works[position]) if future.cancel() else future.result()
-                  for position, future in loads.items()}
-        prepared = decode.assemble(works, loaded)
+    """The batches decoded one ahead in `pool` (the write threads), or in the main thread when the pool has not
+    started on the one wanted: whichever is free decodes. Decoding and PNG encoding release the GIL, so with a
+    light job (predict) a write thread decodes batch k+1 while the model runs on batch k and the main thread
+    only feeds the model (on 2 CPU cores with the tiny model, 10% less wall time than decoding between model
+    calls); with a heavy one (the report's overlays) the write threads are busy and the main thread decodes,
+    as it would wait for them anyway. The walk stays in the main thread. (A task per photo, so that the main
+    thread could take over part of a batch, measured 2-5% slower than a task per batch.)"""
+    def prepare(batch: list[Work]) -> _Prepared:
+        prepared = decode[batch]
         return prepared.pin_memory() if pin_memory else prepared
 
-    queued: tuple[list[Work], dict[int, Future]] | None = None
+    queued: tuple[list[Work], Future] | None = None
     try:
-        for works in itertools.chain(batches, [None]):
-            following = None if works is None else (
-                works, {position: pool.submit(decode.load, works[position]) for position in decode.to_load(works)})
+        for batch in itertools.chain(batches, [None]):
+            following = (batch, pool.submit(prepare, batch)) if batch is not None else None
             if queued is not None:
-                yield assembled(*queued)
+                yield prepare(queued[0]) if queued[1].cancel() else queued[1].result()
             queued = following
     finally:
-        for future in queued[1].values() if queued is not None else []:
-            future.cancel()
+        if queued is not None:
+            queued[1].cancel()
 
 
 class _Batches:

@@ -272,9 +272,9 @@ def test_decoding_ahead_is_done_by_whichever_thread_is_free_with_the_same_batche
     files = sorted(photos.glob("p*.jpg"))  # p04b.jpg: unreadable
     batches = [[Work(path.name, path) for path in files[start:start + 3]] for start in range(0, len(files), 3)]
     expected = [decode[batch] for batch in batches]
-    loaded_by = []
-    load = decode.load
-    decode.load = lambda work: loaded_by.append(threading.current_thread().name) or load(work)
+    decoded_by = []
+    preprocess = decode.preprocess
+    decode.preprocess = lambda images: decoded_by.append(threading.current_thread().name) or preprocess(images)
 
     def same(prepared, reference) -> bool:
         return (prepared.decoded == reference.decoded and prepared.sizes == reference.sizes
@@ -282,14 +282,14 @@ def test_decoding_ahead_is_done_by_whichever_thread_is_free_with_the_same_batche
 
     with ThreadPoolExecutor(1, "write") as pool:
         busy = threading.Event()
-        pool.submit(busy.wait)  # the write thread is busy: the main thread decodes every photo itself
+        pool.submit(busy.wait)  # the write thread is busy: the main thread decodes every batch itself
         assert all(map(same, _decoded_ahead(decode, iter(batches), False, pool), expected))
-        assert set(loaded_by) == {"MainThread"} and len(loaded_by) == len(files)
+        assert decoded_by == ["MainThread"] * len(batches)
         busy.set()
-        loaded_by.clear()
+        decoded_by.clear()
         for prepared, reference in zip(_decoded_ahead(decode, iter(batches), False, pool), expected):
             time.sleep(0.2)  # a slow model: the write thread decodes the next batch meanwhile
             assert same(prepared, reference)
-    assert any(name.startswith("write") for name in loaded_by) and len(loaded_by) == len(files)
+    assert decoded_by[1:] == ["write_0"] * (len(batches) - 1)
     (error,) = [error for prepared in expected for error in prepared.errors.values()]  # p04b.jpg's
     assert "not a readable image" in error

@@ -84,8 +84,7 @@ class BatchedSegmenter:
     # ---- the batch pipeline's model stage (`clipseg_drywall.pipeline`) ----
 
     def preprocessor(self):
-        """A picklable callable: RGB images -> the model's pixel batch (runs in the pipeline's decode workers), in
-        two steps the pipeline spreads over threads: `prepare(image)` for each image, `collate(prepared)`."""
+        """A picklable callable: RGB images -> the model's pixel batch (runs in the pipeline's decode workers)."""
         raise NotImplementedError
 
     def launch_masks(self, pixels, sizes: Sequence[tuple[int, int]], prompts: Sequence[str], threshold: float):

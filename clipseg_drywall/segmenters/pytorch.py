@@ -211,16 +211,9 @@ class PixelValues:
                 self.fast = None
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return self.collate([self.prepare(image) for image in images])
-
-    def prepare(self, image: Image.Image):
-        """The per-image step (the resize, or nothing for the processor), which the pipeline spreads over threads."""
-        return self.fast.prepare(image) if self.fast is not None else image
-
-    def collate(self, prepared: Sequence) -> torch.Tensor:
         if self.fast is not None:
-            return torch.from_numpy(self.fast.collate(prepared))
-        return self.image_processor(images=list(prepared), return_tensors="pt")["pixel_values"]
+            return torch.from_numpy(self.fast.pixel_values(images))
+        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
 @dataclass

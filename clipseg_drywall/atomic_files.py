@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,14 +47,14 @@ def save_image(image: Image.Image, target: Path, **save_options) -> Path:
     return Path(target)
 
 
-# zlib level 1: a 640x640 mask encodes 2-5x faster than at Pillow's default (6), for files ~1.4x larger
-MASK_PNG_LEVEL = 1
+# zlib level 1 with the run-length strategy: a 640x640 mask encodes 2-2.5x faster than at Pillow's default
+# (level 6), and a mask's runs of 0 and 255 make files as small (level 1 alone: 1.4-4x larger, and slower)
+MASK_PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 
 
 def save_mask(mask: np.ndarray, target: Path) -> Path:
     """A {0,255} uint8 mask as a single-channel PNG, atomically."""
-    return save_image(Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L"), target,
-                      compress_level=MASK_PNG_LEVEL)
+    return save_image(Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L"), target, **MASK_PNG_OPTIONS)
 
 
 # `atomic_path`'s temporary names: ".<target name>.<8 random characters><target suffix>" (tempfile.mkstemp)

@@ -53,8 +53,8 @@ whole batches and leaves the journal as a kill would, only tidier.
 Defaults fit the device (`PipelineOptions.resolved`): on cuda, decode workers from the cores this process
 has (`distributed.cpu_threads_per_process`), pinned memory and non-blocking copies; on a CPU device the
 model's threads have the cores, so there are no decode processes, and one write thread makes the native-size
-masks, writes them and decodes the next batch while the model runs. The ONNX backend decodes in the main process unless told otherwise (it runs
-where torch may be missing). An explicit option wins.
+masks, writes them and decodes the next batch while the model runs. The ONNX backend has no decode processes
+unless told otherwise (it runs where torch may be missing). An explicit option wins.
 """
 
 from __future__ import annotations

@@ -268,13 +268,17 @@ def test_decoding_ahead_is_done_by_whichever_thread_is_free_with_the_same_batche
     from clipseg_drywall.pipeline import Work, _Decode, _decoded_ahead
     from clipseg_drywall.segmenters.pytorch import Segmenter
 
-    decode = _Decode(Segmenter.from_pretrained(tiny_model_dir).preprocessor(), keep_images=True)
+    decoded_by = {}  # first photo of a batch -> the thread that decoded the batch
+
+    class Recording(_Decode):
+        def __getitem__(self, works):
+            decoded_by[works[0].name] = threading.current_thread().name
+            return super().__getitem__(works)
+
+    decode = Recording(Segmenter.from_pretrained(tiny_model_dir).preprocessor(), keep_images=True)
     files = sorted(photos.glob("p*.jpg"))  # p04b.jpg: unreadable
     batches = [[Work(path.name, path) for path in files[start:start + 3]] for start in range(0, len(files), 3)]
     expected = [decode[batch] for batch in batches]
-    decoded_by = []
-    preprocess = decode.preprocess
-    decode.preprocess = lambda images: decoded_by.append(threading.current_thread().name) or preprocess(images)
 
     def same(prepared, reference) -> bool:
         return (prepared.decoded == reference.decoded and prepared.sizes == reference.sizes
@@ -282,14 +286,15 @@ def test_decoding_ahead_is_done_by_whichever_thread_is_free_with_the_same_batche
 
     with ThreadPoolExecutor(1, "write") as pool:
         busy = threading.Event()
-        pool.submit(busy.wait)  # the write thread is busy: the main thread decodes every batch itself
+        pool.submit(busy.wait, 60)  # the write thread is busy: the main thread decodes every batch itself
+        decoded_by.clear()
         assert all(map(same, _decoded_ahead(decode, iter(batches), False, pool), expected))
-        assert decoded_by == ["MainThread"] * len(batches)
+        assert list(decoded_by.values()) == ["MainThread"] * len(batches)
         busy.set()
         decoded_by.clear()
         for prepared, reference in zip(_decoded_ahead(decode, iter(batches), False, pool), expected):
             time.sleep(0.2)  # a slow model: the write thread decodes the next batch meanwhile
             assert same(prepared, reference)
-    assert decoded_by[1:] == ["write_0"] * (len(batches) - 1)
+    assert [decoded_by[batch[0].name] for batch in batches[1:]] == ["write_0"] * (len(batches) - 1)
     (error,) = [error for prepared in expected for error in prepared.errors.values()]  # p04b.jpg's
     assert "not a readable image" in error

@@ -242,6 +242,8 @@ def test_review_survives_a_reload_and_exports_a_punch_list(made, tmp_path):
         rows[0].find_element(By.CSS_SELECTOR, "button.accept").click()  # the mouse accepts the first ...
         rows[0].find_element(By.CSS_SELECTOR, "input.note").send_keys("tape again, 40 cm", Keys.ENTER)
         driver.find_element(By.TAG_NAME, "body").send_keys("j", "r")  # ... the keys reject the next one
+        assert driver.find_element(By.ID, "review-counts").text.startswith("1 accepted, 1 rejected")
+        time.sleep(1)  # the page wrote localStorage at once, but Chromium hands it on to its storage asynchronously
         driver.refresh()
         rows = finding_rows(driver)
         state = {row.get_attribute("data-key"): (row.get_attribute("data-review"),

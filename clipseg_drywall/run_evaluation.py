@@ -52,7 +52,7 @@ from .scoring import (
 )
 from .segmenters import load_segmenter
 from .segmenters.base import BatchedSegmenter
-from .upsampling import native_probabilities
+from .upsampling import native_probabilities, threshold_masks
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def segment_and_score(segmenter: BatchedSegmenter, split, batch_size: int, thres
 def write_masks(probabilities: torch.Tensor, name: str, threshold: float, masks_dir: Path) -> None:
     """One {0,255} PNG per canonical prompt of one image, from its native-size probabilities."""
     masks_dir.mkdir(parents=True, exist_ok=True)
-    for task, mask in zip(TASKS, (probabilities > threshold).to(torch.uint8).mul_(255).numpy()):
+    for task, mask in zip(TASKS, threshold_masks(probabilities, threshold).numpy()):
         save_mask(mask, masks_dir / mask_file_name(name, canonical_prompt(task)))
 
 
@@ -237,8 +237,6 @@ def dataset_leakage(args: EvaluationArguments, split: str) -> dict:
     if stats is None:
         return {"layout": args.dataset_config, "leaked_images": None}
     return {"layout": stats.get(LAYOUT_KEY, OFFICIAL_LAYOUT), "leaked_images": leaked_images(stats, split)}
-
-
 
 
 def choose_threshold(args: EvaluationArguments, segmenter: BatchedSegmenter, dataset, split: str) -> tuple[float, dict]:

@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 
 from clipseg_drywall.images import load_image
 from clipseg_drywall.naming import mask_file_name
-from clipseg_drywall.segmenters.pytorch import Segmenter, threshold_masks
-from clipseg_drywall.upsampling import upsample_logits
+from clipseg_drywall.segmenters.pytorch import Segmenter
+from clipseg_drywall.upsampling import threshold_masks, upsample_logits
 
 from .helpers import CRACKS, REPO, requires_shared
 

@@ -262,7 +262,7 @@ class OnnxSegmenter(BatchedSegmenter):
     def _segment_batch(self, images, prompts, threshold, return_probabilities) -> Iterator[Segmentation]:
         for image, image_logits in zip(images, self.logits(images, prompts)):
             probabilities = native_probabilities(image_logits, (image.height, image.width))
-            masks = (probabilities > threshold).astype(np.uint8) * np.uint8(255)
+            masks = _masks(probabilities, threshold)
             yield Segmentation(
                 size=image.size,
                 masks=dict(zip(prompts, masks)),
@@ -278,6 +278,11 @@ class OnnxSegmenter(BatchedSegmenter):
 
         def make(index: int) -> np.ndarray:
             width, height = sizes[index]
-            return (native_probabilities(logits[index], (height, width)) > threshold).astype(np.uint8) * np.uint8(255)
+            return _masks(native_probabilities(logits[index], (height, width)), threshold)
 
         return LazyMasks(make, len(sizes))
+
+
+def _masks(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 {0, 255} masks of native-size probabilities (`upsampling.threshold_masks`, in numpy)."""
+    return (probabilities > threshold).astype(np.uint8) * np.uint8(255)

@@ -24,7 +24,7 @@ from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 from ..modeling import decode, text_embeddings, vision_activations
 from ..preprocessing import Preprocessing
 from ..prompts import tokenize_prompts
-from ..upsampling import native_probabilities
+from ..upsampling import native_probabilities, threshold_masks
 from .base import SPEED_OPTIONS, BatchedSegmenter, LazyMasks, Segmentation, threshold_of
 
 
@@ -184,16 +184,6 @@ class Segmenter(BatchedSegmenter):
 def _native_masks(logits: torch.Tensor, sizes, threshold: float, index: int) -> np.ndarray:
     width, height = sizes[index]
     return threshold_masks(native_probabilities(logits[index], (height, width)), threshold).cpu().numpy()
-
-
-def threshold_masks(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
-    """uint8 {0, 255} masks of native-size probabilities, on their device."""
-    if probabilities.device.type != "cpu" or probabilities.dtype != torch.float32:
-        return (probabilities > threshold).to(torch.uint8).mul_(255)
-    # numpy on the CPU: one thread and two passes (torch's three start an OpenMP team each, which in the
-    # pipeline's write threads competes with the model's); the same float32 comparison
-    above = np.greater(probabilities.detach().numpy(), np.float32(threshold)).view(np.uint8)
-    return torch.from_numpy(np.multiply(above, 255, out=above))
 
 
 class PixelValues:

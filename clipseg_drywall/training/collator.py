@@ -195,7 +195,6 @@ class CLIPSegCollator:
             "negative": torch.tensor(negatives, dtype=torch.bool),
         }
 
-
     def _preprocessing(self) -> Preprocessing | None:
         """The processor's steps, read once (their lookup table is built on first use); None for a processor
         they do not reproduce, which is then called itself."""

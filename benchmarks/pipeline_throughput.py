@@ -277,6 +277,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=SHARED / "clipseg-rd64-refined")
     parser.add_argument("--only", choices=("tiny", "full"), help="one model only")
     args = parser.parse_args()
+    if args.only != "tiny" and not (args.config / "config.json").is_file():  # before minutes of the tiny model
+        parser.error(f"--config {args.config}: no config.json there; give a CLIPSeg model folder "
+                     f"(default: ../shared/clipseg-rd64-refined)")
     cuda = (args.device or "").startswith("cuda")
     args.batch_size = args.batch_size or (32 if cuda else 8)
     args.repeats = args.repeats or (2 if cuda else 5)

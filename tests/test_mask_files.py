@@ -1,7 +1,8 @@
-"""Mask files: the naming rule (slugs, hashes, stems), predict's index.csv across calls, atomic writes."""
+"""Mask files: the PNG encoding, the naming rule (slugs, hashes, stems), predict's index.csv across calls, atomic writes."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from clipseg_drywall import atomic_files, naming
 from clipseg_drywall.mask_index import INDEX_FILE
+from clipseg_drywall.mask_png import encode_mask_png
 from clipseg_drywall.naming import mask_file_name, prompt_hash, prompt_slugs
 
 from .helpers import CRACKS, index_rows, predict, requires_shared
@@ -99,15 +101,56 @@ def test_atomic_write_leaves_no_half_file(tmp_path, monkeypatch):
     target = tmp_path / "photo__crack.png"
     target.write_bytes(b"an earlier, complete mask")
 
-    def fails_midway(self, path, *args, **kwargs):
-        Path(path).write_bytes(b"\x89PNG half")
+    write_bytes = Path.write_bytes
+
+    def fails_midway(self, data):
+        write_bytes(self, data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(Image.Image, "save", fails_midway)
+    monkeypatch.setattr(Path, "write_bytes", fails_midway)
     with pytest.raises(OSError, match="disk full"):
         atomic_files.save_mask(np.zeros((4, 4), np.uint8), target)
     assert target.read_bytes() == b"an earlier, complete mask"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def _decoded(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+@requires_shared
+def test_mask_png_decodes_to_the_mask_and_is_as_small_as_pillows(shared_dataset):
+    rows = shared_dataset["validation"].select(range(0, 400, 20))  # crack polygons and join boxes
+    ours = pillows = 0
+    for row in rows:
+        mask = np.asarray(row["mask"])
+        png = encode_mask_png(mask)
+        Image.open(io.BytesIO(png)).verify()  # chunk CRCs and structure
+        decoded = _decoded(png)
+        assert decoded.mode == "L" and decoded.size == (mask.shape[1], mask.shape[0])
+        np.testing.assert_array_equal(np.asarray(decoded), mask)
+        with io.BytesIO() as file:
+            Image.fromarray(mask).save(file, format="PNG")  # Pillow's defaults: level 6, a filter per row
+            pillows += file.tell()
+        ours += len(png)
+    assert ours <= 1.1 * pillows, (ours, pillows)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1000), (641, 7)])
+def test_mask_png_keeps_any_shape_and_every_level(shape):
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(_decoded(encode_mask_png(mask))), mask)
+    view = np.asarray(rng.integers(0, 2, size=(shape[1], shape[0]), dtype=np.uint8) * 255).T  # not C-contiguous
+    np.testing.assert_array_equal(np.asarray(_decoded(encode_mask_png(view))), view)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 1), np.uint8), np.zeros((4, 4), np.float32), np.zeros((0, 4), np.uint8)])
+def test_mask_png_refuses_what_is_not_a_mask(bad):
+    with pytest.raises(ValueError, match=rf"non-empty \(height, width\) uint8 array, got {bad.dtype}"):
+        encode_mask_png(bad)
 
 
 def test_naming_rule():

@@ -156,7 +156,10 @@ def photo_files(folder: Path, count: int) -> list[Path]:
     files = []
     for index in range(count):
         target = folder / f"photo{index:06d}.jpg"
-        os.link(sources[index % len(sources)], target)
+        try:
+            os.link(sources[index % len(sources)], target)
+        except OSError:  # another filesystem (a tmpfs /tmp): a copy
+            shutil.copyfile(sources[index % len(sources)], target)
         files.append(target)
     return files
 

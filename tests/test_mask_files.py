@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +101,16 @@ def test_index_survives_a_failure_mid_call(tiny_model_dir, tmp_path):
 def test_atomic_write_leaves_no_half_file(tmp_path, monkeypatch):
     target = tmp_path / "photo__crack.png"
     target.write_bytes(b"an earlier, complete mask")
+    written = []
 
-    write_bytes = Path.write_bytes
-
-    def fails_midway(self, data):
-        write_bytes(self, data[: len(data) // 2])
+    def fails_after_the_bytes(handle, mode):  # the temporary file is open and written to, then the disk is full
+        written.append(os.fstat(handle).st_nlink)
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_bytes", fails_midway)
+    monkeypatch.setattr(atomic_files.os, "fchmod", fails_after_the_bytes)
     with pytest.raises(OSError, match="disk full"):
         atomic_files.save_mask(np.zeros((4, 4), np.uint8), target)
+    assert written == [1]  # it failed on a real temporary file, beside the target
     assert target.read_bytes() == b"an earlier, complete mask"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 

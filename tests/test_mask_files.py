@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_drywall import atomic_files, naming
+from clipseg_drywall import atomic_files, mask_png, naming
 from clipseg_drywall.mask_index import INDEX_FILE
 from clipseg_drywall.mask_png import encode_mask_png
 from clipseg_drywall.naming import mask_file_name, prompt_hash, prompt_slugs
@@ -137,6 +138,16 @@ def test_mask_png_decodes_to_the_mask_and_is_as_small_as_pillows(shared_dataset)
             pillows += file.tell()
         ours += len(png)
     assert ours <= 1.1 * pillows, (ours, pillows)
+
+
+@requires_shared
+def test_mask_png_is_the_same_file_with_or_without_zlib_ng(shared_dataset, monkeypatch):
+    zlib_ng = pytest.importorskip("zlib_ng.zlib_ng", reason="zlib-ng not installed: mask_png uses zlib")
+    assert mask_png.deflate_library is zlib_ng
+    masks = [np.asarray(row["mask"]) for row in shared_dataset["validation"].select(range(0, 400, 40))]
+    faster = [encode_mask_png(mask) for mask in masks]
+    monkeypatch.setattr(mask_png, "deflate_library", zlib)
+    assert [encode_mask_png(mask) for mask in masks] == faster
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1000), (641, 7)])

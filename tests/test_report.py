@@ -79,6 +79,32 @@ def test_two_blobs_and_an_empty_mask():
     assert (empty.coverage, empty.regions, empty.length_px, empty.max_width_px) == (0.0, 0, 0.0, 0.0)
 
 
+@requires_shared
+def test_measuring_inside_the_foregrounds_box_gives_the_whole_masks_numbers(shared_dataset):
+    from skimage.graph import pixel_graph
+    from skimage.measure import label
+    from skimage.morphology import skeletonize
+
+    rows = shared_dataset["validation"].filter(lambda prompt: "crack" in prompt.lower(), input_columns="prompt")
+    masks = [np.asarray(mask) for mask in rows.select(range(0, len(rows), 8))["mask"]]
+    edges = np.zeros((64, 64), np.uint8)
+    edges[0:3, :40] = edges[30:, 61:] = edges[50:52, 10:20] = 255  # foreground on the image's edges and a speck
+    for mask in [*masks, edges]:
+        for min_region_px in (0, DEFAULT_MIN_REGION_PX):
+            labels = label(mask > 0, connectivity=2)  # the whole mask, measured without any box
+            sizes = np.bincount(labels.ravel())
+            keep = sizes >= max(min_region_px, 1)
+            keep[0] = False
+            binary = keep[labels]
+            skeleton = skeletonize(binary)
+            widths = 2.0 * ndimage.distance_transform_edt(binary)[skeleton] - 1.0
+            length = float(pixel_graph(skeleton, connectivity=2)[0].sum() / 2) if skeleton.any() else 0.0
+            found = measure(mask, crack=True, min_region_px=min_region_px)
+            assert (found.regions, found.coverage) == (int(keep.sum()), binary.mean())
+            assert (found.length_px, found.max_width_px, found.mean_width_px) == (
+                length, float(widths.max()) if widths.size else 0.0, float(widths.mean()) if widths.size else 0.0)
+
+
 def test_severity_bands_and_flag_rules():
     assert [severity(w) for w in (0.05, 0.1, 0.29, 0.3, 0.7, 2.0, None)] == \
         ["hairline", "fine", "fine", "medium", "wide", "wide", ""]

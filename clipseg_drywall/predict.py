@@ -231,7 +231,12 @@ def write_mask(output: Path, path: Path, image: Image.Image | None, prompt: str,
     target = save_mask(mask, output / mask_file_name(path, prompt, slugs))
     if not write_overlay:
         return target, None
-    return target, save_image(overlay(image, mask), target.with_name(target.stem + "_overlay.jpg"), quality=90)
+    return target, save_image(overlay(image, mask), overlay_path(target), quality=90)
+
+
+def overlay_path(mask_file: Path) -> Path:
+    """Where the overlay of a mask file goes: beside it, `<mask stem>_overlay.jpg`."""
+    return mask_file.with_name(mask_file.stem + "_overlay.jpg")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -180,7 +180,8 @@ def test_defaults_fit_the_device_and_an_explicit_option_wins():
     from clipseg_drywall.pipeline import PipelineOptions
 
     cpu = PipelineOptions().resolved("cpu", 2)
-    assert (cpu.num_workers, cpu.write_threads, cpu.pin_memory) == (0, 1, False)  # the model has the cores
+    assert (cpu.num_workers, cpu.write_threads, cpu.pin_memory) == (0, 2, False)  # the model has the cores
+    assert PipelineOptions().resolved("cpu", 1).write_threads == 1
     gpu = PipelineOptions().resolved("cuda:0", 16)
     assert gpu.pin_memory and gpu.write_threads == 4 and gpu.num_workers == 11
     assert PipelineOptions(num_workers=3, pin_memory=False).resolved("cuda", 16).num_workers == 3

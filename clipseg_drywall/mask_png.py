@@ -18,7 +18,7 @@ import numpy as np
 
 try:  # zlib-ng: the same deflate format, 3-8x faster than zlib at these settings on masks (docs/scaling.md)
     from zlib_ng import zlib_ng as deflate_library
-except ImportError:  # e.g. an environment without its wheel: zlib, the same pixels in slightly different bytes
+except ImportError:  # an environment without its wheel: zlib (the same bytes on every mask tried, tests/)
     deflate_library = zlib
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"

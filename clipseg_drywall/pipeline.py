@@ -210,15 +210,19 @@ class PipelineOptions:
     pin_memory: bool | None = None  # pinned host memory and non-blocking copies (cuda)
     prefetch: int = 2  # batches decoded ahead per worker
 
-    def resolved(self, device: str | None, cores: int, backend: str = "torch") -> PipelineOptions:
+    def resolved(self, device: str | None, cores: int, backend: str = "torch",
+                 heavy_writes: bool = False) -> PipelineOptions:
         """Defaults that fit `device` with `cores` cores for this process (an option given wins). Decode workers
         are DataLoader processes, so by default only the torch backend gets them: the ONNX one runs where
-        torch may not be installed."""
+        torch may not be installed. `heavy_writes`: the job's `finish` takes more CPU than decoding does (the
+        report: overlays, thumbnails and measurements, 15-33 ms a photo against 3.3 to decode one)."""
         cuda = str(device or "cpu").startswith("cuda")
-        # on a CPU device two write threads: the report's writes (overlays, thumbnails, measurements) then go
-        # 13-15% faster with either model; predict's the same (measured on 2 cores, docs/scaling.md)
+        # on a CPU device two write threads: the report's writes then go 13-15% faster with either model,
+        # predict's the same (measured on 2 cores, docs/scaling.md). On cuda a quarter of the cores write (a
+        # predict photo is 0.6 ms of PNG and files), half of them for heavy writes: the report's scale 1.9x
+        # from one thread to two (measured), and a quarter of 16 cores could not write 300 photos/s
         write_threads = self.write_threads if self.write_threads is not None else (
-            max(2, cores // 4) if cuda else min(2, cores))
+            max(2, cores // (2 if heavy_writes else 4)) if cuda else min(2, cores))
         # on a CPU device the model's threads have the cores: a decode worker beside them only competes for
         # them (measured on 2 idle cores: 10% slower with the full-size model, 26% with a tiny one)
         num_workers = self.num_workers if self.num_workers is not None else (

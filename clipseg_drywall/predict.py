@@ -273,7 +273,7 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
                              "since the model's threads have the cores)")
     parser.add_argument("--write_threads", type=int,
                         help="threads that encode and write the files (default: on cuda a quarter of the cores, "
-                             "at least 2; on a CPU device 2)")
+                             "half for the report, at least 2; on a CPU device 2)")
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineOptions:

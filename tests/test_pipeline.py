@@ -184,6 +184,9 @@ def test_defaults_fit_the_device_and_an_explicit_option_wins():
     assert PipelineOptions().resolved("cpu", 1).write_threads == 1
     gpu = PipelineOptions().resolved("cuda:0", 16)
     assert gpu.pin_memory and gpu.write_threads == 4 and gpu.num_workers == 11
+    report = PipelineOptions().resolved("cuda:0", 16, heavy_writes=True)  # overlays, thumbnails, measurements
+    assert (report.write_threads, report.num_workers) == (8, 7)
+    assert PipelineOptions().resolved("cpu", 2, heavy_writes=True).write_threads == 2
     assert PipelineOptions(num_workers=3, pin_memory=False).resolved("cuda", 16).num_workers == 3
     assert not PipelineOptions(pin_memory=False).resolved("cuda", 16).pin_memory
     assert PipelineOptions(num_workers=2).resolved("cpu", 2).num_workers == 2

@@ -80,7 +80,8 @@ def run_report(segmenter, photos: Sequence[Photo], prompts: Sequence[str], outpu
     done = read_journals(output)
     slugs = prompt_slugs(prompts)
     options = (options or PipelineOptions()).resolved(str(getattr(segmenter, "device", "cpu")),
-                                                      distributed.cpu_threads_per_process(), segmenter.backend)
+                                                      distributed.cpu_threads_per_process(), segmenter.backend,
+                                                      heavy_writes=True)
     mine = [photos[i].name for i in batches_of(len(photos), segmenter.batch_size, rank, size)]
     works = (Work(photo.name, photo.path, skip=photo.skip_reason, pending=photo.name not in done) for photo in photos)
 

@@ -231,12 +231,14 @@ def write_mask(output: Path, path: Path, image: Image.Image | None, prompt: str,
     target = save_mask(mask, output / mask_file_name(path, prompt, slugs))
     if not write_overlay:
         return target, None
-    return target, save_image(overlay(image, mask), overlay_path(target), quality=90)
+    return target, save_overlay(image, mask, target)[0]
 
 
-def overlay_path(mask_file: Path) -> Path:
-    """Where the overlay of a mask file goes: beside it, `<mask stem>_overlay.jpg`."""
-    return mask_file.with_name(mask_file.stem + "_overlay.jpg")
+def save_overlay(image: Image.Image, mask: np.ndarray, mask_file: Path) -> tuple[Path, Image.Image]:
+    """The mask over the image, saved atomically beside `mask_file` as `<mask stem>_overlay.jpg`:
+    (its path, the overlay image)."""
+    shown = overlay(image, mask)
+    return save_image(shown, mask_file.with_name(mask_file.stem + "_overlay.jpg"), quality=90), shown
 
 
 def _parser() -> argparse.ArgumentParser:

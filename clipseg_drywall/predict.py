@@ -57,7 +57,9 @@ def image_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[st
 
 
 def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
-    """The mask painted over the image in translucent red."""
+    """The mask painted over the image in translucent red, as a new image."""
+    if not np.any(mask):  # nothing to paint: the pixels compositing gives, 2 ms sooner (common under a 2nd prompt)
+        return image.copy()
     colour = Image.new("RGB", image.size, OVERLAY_COLOUR)
     alpha = Image.fromarray((mask > 0).astype(np.uint8) * int(255 * OVERLAY_ALPHA), mode="L")
     return Image.composite(colour, image, alpha)

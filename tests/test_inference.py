@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from clipseg_drywall.images import load_image
 from clipseg_drywall.naming import mask_file_name
+from clipseg_drywall.predict import overlay
 from clipseg_drywall.segmenters.pytorch import Segmenter
 from clipseg_drywall.upsampling import threshold_masks, upsample_logits
 
@@ -102,6 +103,16 @@ def test_load_image_rotates_a_file_in_place_but_never_a_callers_image(mode_files
     assert load_image(mode_files["exif"]).size == stored.size[::-1]
     assert load_image(stored).size == stored.size[::-1]
     assert stored.size == (301, 203) and stored.getexif().get(EXIF_ORIENTATION) == 6  # the caller's, untouched
+
+
+def test_overlay_paints_the_masks_pixels_only_and_is_a_new_image(photo):
+    image = load_image(photo)
+    empty = overlay(image, np.zeros((image.height, image.width), np.uint8))
+    assert empty is not image and np.array_equal(np.asarray(empty), np.asarray(image))
+    mask = np.zeros((image.height, image.width), np.uint8)
+    mask[5, 7] = 255
+    changed = (np.asarray(overlay(image, mask)) != np.asarray(image)).any(axis=2)
+    assert changed[5, 7] and changed.sum() == 1
 
 
 @pytest.mark.parametrize("threshold", [0.45, 0.5, 1 / 3, 0.0, 1.0])

@@ -62,12 +62,6 @@ class Measurement:
         return asdict(self)
 
 
-def coverage(mask: np.ndarray) -> float:
-    """The share of the image's pixels in the foreground, 0 to 1."""
-    mask = as_bool(mask)
-    return float(np.count_nonzero(mask) / mask.size) if mask.size else 0.0  # mean()'s value, 5x faster
-
-
 def skeleton_length(skeleton: np.ndarray) -> float:
     """Total length of a one-pixel-wide skeleton: the sum of its 8-connected pixel graph's edges."""
     if not skeleton.any():
@@ -99,9 +93,10 @@ def without_specks(mask: np.ndarray, min_region_px: int) -> tuple[np.ndarray, in
 
 
 def around_foreground(binary: np.ndarray) -> tuple[slice, slice]:
-    """The foreground's bounding box and a one-pixel margin (within the image). The skeleton and the distances
-    to the background inside it are the whole mask's: thinning looks at 3x3 neighbourhoods, and no foreground
-    pixel's nearest background pixel lies beyond the margin, which is all background. A crack's box is a
+    """The foreground's bounding box and a one-pixel margin (within the image). The regions, the skeleton and
+    the distances to the background inside it are the whole mask's: no region leaves the box, thinning looks at
+    3x3 neighbourhoods, and no foreground pixel's nearest background pixel lies beyond the margin, which is all
+    background. A crack's box is a
     quarter of the photo in the median real mask, and both steps take time in proportion to the area."""
     rows, columns = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
     return slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(columns[0] - 1, 0), columns[-1] + 2)
@@ -110,13 +105,19 @@ def around_foreground(binary: np.ndarray) -> tuple[slice, slice]:
 def measure(mask: np.ndarray, crack: bool = False, min_region_px: int = DEFAULT_MIN_REGION_PX) -> Measurement:
     """Coverage and regions of any mask, once regions under `min_region_px` pixels are dropped; with `crack`,
     also the skeleton length and largest and mean width."""
-    binary, regions = without_specks(mask, min_region_px)
-    found = Measurement(coverage=coverage(binary), regions=regions, min_region_px=min_region_px)
+    binary = as_bool(mask)
+    size = binary.size
+    if binary.any():  # the speck filter inside the foreground's box: the same regions, a fraction of the pixels
+        binary, regions = without_specks(binary[around_foreground(binary)], min_region_px)
+    else:
+        regions = 0
+    found = Measurement(coverage=float(np.count_nonzero(binary) / size) if size else 0.0, regions=regions,
+                        min_region_px=min_region_px)
     if not crack:
         return found
     if regions == 0:
         return replace(found, length_px=0.0, max_width_px=0.0, mean_width_px=0.0)
-    binary = binary[around_foreground(binary)]
+    binary = binary[around_foreground(binary)]  # the box again once specks are gone: the arrays measured before
     skeleton = skeletonize(binary)
     widths = widths_along(binary, skeleton)
     return replace(found, length_px=skeleton_length(skeleton), max_width_px=float(widths.max()) if widths.size else 0.0,

@@ -96,8 +96,8 @@ def around_foreground(binary: np.ndarray) -> tuple[slice, slice]:
     """The foreground's bounding box and a one-pixel margin (within the image). The regions, the skeleton and
     the distances to the background inside it are the whole mask's: no region leaves the box, thinning looks at
     3x3 neighbourhoods, and no foreground pixel's nearest background pixel lies beyond the margin, which is all
-    background. A crack's box is a
-    quarter of the photo in the median real mask, and both steps take time in proportion to the area."""
+    background. A crack's box is a quarter of the photo in the median real mask, and each step takes time in
+    proportion to the area."""
     rows, columns = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
     return slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(columns[0] - 1, 0), columns[-1] + 2)
 
